@@ -1,0 +1,207 @@
+"""fairseq's ``--optimizer adam_sage | adamax_sage | sgd_sage``: thin adapters over the torch classes.
+
+The base optimizers' flags are fairseq's own (``--adam-betas``, ``--adam-eps``, ``--adamax-betas``,
+``--adamax-eps``, ``--no-bias-correction``, ``--momentum``, ``--weight-decay``); SAGE adds
+``--sage-beta0``, ``--sage-eps`` and ``--sage-params``.
+"""
+
+import ast
+import gc
+import re
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from fairseq.dataclass import FairseqDataclass
+from fairseq.optim import FairseqOptimizer, register_optimizer
+from omegaconf import II, OmegaConf
+from torch import nn
+
+from .optimizers import DEFAULT_SAGE_EPS, AdamaxSAGE, AdamSAGE, SGDSAGE, check_hyperparameters
+
+SAGE_FLAG_NAMES = {
+    "lr": "--lr",
+    "weight_decay": "--weight-decay",
+    "beta0": "--sage-beta0",
+    "sage_eps": "--sage-eps",
+}
+
+
+class SageFlagError(SystemExit):
+    """A SAGE flag with a value that cannot work: fairseq-train stops with this one line."""
+
+    def __init__(self, message: str):
+        super().__init__(f"fairseq-sage: error: {message}")
+
+
+@dataclass
+class SageConfig(FairseqDataclass):
+    sage_beta0: float = field(
+        default=0.8,
+        metadata={"help": "beta0 of the sensitivity moving average (the paper: 0.8 on IWSLT'14, "
+                  "0.4 on WMT'16)"},
+    )
+    sage_eps: float = field(
+        default=DEFAULT_SAGE_EPS,
+        metadata={"help": "epsilon of the SAGE lr multiplier (U + eps)/(I + eps)"},
+    )
+    sage_params: Optional[str] = field(
+        default=None,
+        metadata={"help": "regular expression (re.search on parameter names, e.g. "
+                  "'encoder.layers|decoder.layers'): only matching parameters get SAGE, the rest "
+                  "the plain base step; default: all parameters"},
+    )
+    lr: List[float] = II("optimization.lr")
+
+
+@dataclass
+class AdamSageConfig(SageConfig):
+    adam_betas: Any = field(default=(0.9, 0.999), metadata={"help": "betas for Adam optimizer"})
+    adam_eps: float = field(default=1e-8, metadata={"help": "epsilon for Adam optimizer"})
+    weight_decay: float = field(default=0.0, metadata={"help": "decoupled weight decay"})
+
+
+@dataclass
+class AdamaxSageConfig(SageConfig):
+    adamax_betas: Any = field(default=(0.9, 0.999), metadata={"help": "betas for Adamax optimizer"})
+    adamax_eps: float = field(default=1e-8, metadata={"help": "epsilon for Adamax optimizer"})
+    weight_decay: float = field(default=0.0, metadata={"help": "decoupled weight decay"})
+    no_bias_correction: bool = field(default=False, metadata={"help": "disable bias correction"})
+
+
+@dataclass
+class SgdSageConfig(SageConfig):
+    momentum: float = field(default=0.0, metadata={"help": "momentum factor"})
+    weight_decay: float = field(default=0.0, metadata={"help": "decoupled weight decay"})
+
+
+def parse_betas(value: Any, flag: str) -> tuple:
+    """fairseq's betas flag, a string like '(0.9, 0.98)' or a list, as a pair of floats."""
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value)
+    try:
+        betas = tuple(float(b) for b in (ast.literal_eval(value) if isinstance(value, str) else value))
+    except (ValueError, TypeError, SyntaxError):
+        betas = ()
+    if len(betas) != 2:
+        raise SageFlagError(f"{flag} must be a pair like '(0.9, 0.98)', got {value!r}")
+    return betas
+
+
+def parameter_names(params: List[nn.Parameter]) -> Dict[int, str]:
+    """Map ``id(p)`` to the name ``p`` has in the live fairseq model (or criterion) that holds it.
+
+    fairseq's trainer hands optimizers bare tensors. Rather than patching the trainer, the modules
+    alive in this process are searched once, read-only, for the root modules holding these tensors;
+    a tensor held by nested roots gets its longest (outermost) name.
+    """
+    wanted = {id(p) for p in params}
+    names: Dict[int, str] = {}
+    for obj in gc.get_objects():
+        if isinstance(obj, nn.Module):
+            for name, param in obj.named_parameters():
+                if id(param) in wanted and len(name) > len(names.get(id(param), "")):
+                    names[id(param)] = name
+    return names
+
+
+def sage_param_groups(params: List[nn.Parameter], pattern: Optional[str]) -> List[dict]:
+    """Split ``params`` into the group that gets SAGE (names matching ``pattern``) and the rest."""
+    params = list(params)
+    if pattern is None:
+        return [{"params": params, "sage": True}]
+    try:
+        regex = re.compile(pattern)
+    except re.error as err:
+        raise SageFlagError(f"--sage-params {pattern!r} is not a valid regular expression ({err}); "
+                            "fix the pattern, e.g. 'encoder|decoder'")
+    names = parameter_names(params)
+    unnamed = [p for p in params if id(p) not in names]
+    if unnamed:
+        raise SageFlagError(
+            f"--sage-params needs parameter names, but {len(unnamed)} parameter(s) given to the "
+            "optimizer belong to no model (with --fp16/--bf16 fairseq flattens them: add "
+            "--fp16-no-flatten-grads, or drop --sage-params)")
+    with_sage = [p for p in params if regex.search(names[id(p)])]
+    if not with_sage:
+        examples = ", ".join(sorted(names.values())[:3])
+        raise SageFlagError(f"--sage-params {pattern!r} matches no parameter (names look like "
+                            f"{examples}); fix the pattern or drop the flag")
+    chosen = {id(p) for p in with_sage}
+    without_sage = [p for p in params if id(p) not in chosen]
+    return [{"params": with_sage, "sage": True}] + (
+        [{"params": without_sage, "sage": False}] if without_sage else []
+    )
+
+
+class _FairseqSAGE(FairseqOptimizer):
+    """Builds ``optimizer_class`` from the flags, with one group per SAGE switch."""
+
+    optimizer_class: type
+    flag_names: Dict[str, str]
+
+    def __init__(self, cfg, params):
+        super().__init__(cfg)
+        config = self.optimizer_config
+        try:
+            check_hyperparameters(config, dict(SAGE_FLAG_NAMES, **self.flag_names))
+        except ValueError as err:
+            raise SageFlagError(f"{err}; change the flag")
+        self._optimizer = self.optimizer_class(sage_param_groups(params, cfg.sage_params), **config)
+
+    def _sage_config(self) -> dict:
+        lr = self.cfg.lr
+        return {
+            "lr": lr[0] if isinstance(lr, Collection) else lr,
+            "beta0": self.cfg.sage_beta0,
+            "sage_eps": self.cfg.sage_eps,
+        }
+
+
+@register_optimizer("adam_sage", dataclass=AdamSageConfig)
+class FairseqAdamSAGE(_FairseqSAGE):
+    """fairseq's ``adam`` (AdamW-style weight decay) with SAGE learning-rate modulation."""
+
+    optimizer_class = AdamSAGE
+    flag_names = {"betas": "--adam-betas", "eps": "--adam-eps"}
+
+    @property
+    def optimizer_config(self) -> dict:
+        return dict(
+            self._sage_config(),
+            betas=parse_betas(self.cfg.adam_betas, "--adam-betas"),
+            eps=self.cfg.adam_eps,
+            weight_decay=self.cfg.weight_decay,
+        )
+
+
+@register_optimizer("adamax_sage", dataclass=AdamaxSageConfig)
+class FairseqAdamaxSAGE(_FairseqSAGE):
+    """fairseq's ``adamax`` with SAGE learning-rate modulation."""
+
+    optimizer_class = AdamaxSAGE
+    flag_names = {"betas": "--adamax-betas", "eps": "--adamax-eps"}
+
+    @property
+    def optimizer_config(self) -> dict:
+        return dict(
+            self._sage_config(),
+            betas=parse_betas(self.cfg.adamax_betas, "--adamax-betas"),
+            eps=self.cfg.adamax_eps,
+            weight_decay=self.cfg.weight_decay,
+            bias_correction=not self.cfg.no_bias_correction,
+        )
+
+
+@register_optimizer("sgd_sage", dataclass=SgdSageConfig)
+class FairseqSGDSAGE(_FairseqSAGE):
+    """SGD with momentum (decoupled weight decay) and SAGE learning-rate modulation."""
+
+    optimizer_class = SGDSAGE
+    flag_names = {"momentum": "--momentum"}
+
+    @property
+    def optimizer_config(self) -> dict:
+        return dict(
+            self._sage_config(), momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay
+        )

@@ -1,0 +1,71 @@
+"""Shared fixtures: a tiny synthetic parallel corpus binarized by fairseq, and fairseq CLI runners."""
+
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+USER_DIR = REPO / "fairseq_sage"
+MULTI30K = REPO.parent / "shared" / "data" / "multi30k"
+
+TINY_TRANSFORMER = [
+    "--arch", "transformer",
+    "--encoder-layers", "1", "--decoder-layers", "1",
+    "--encoder-embed-dim", "32", "--decoder-embed-dim", "32",
+    "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
+    "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
+]
+
+
+def run_fairseq(tool: str, *args, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a fairseq CLI (``train``, ``generate``, ``preprocess``) in this Python; return its output."""
+    proc = subprocess.run(
+        [sys.executable, "-m", f"fairseq_cli.{tool}", *map(str, args)],
+        capture_output=True, text=True,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"fairseq-{tool} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def write_reversal_corpus(folder: Path, seed: int = 0) -> None:
+    """A copy task a tiny model learns in a few dozen updates: target = source reversed, upper-cased."""
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(24)]
+    sizes = {"train": 600, "valid": 40, "test": 40}
+    for split, size in sizes.items():
+        src, tgt = [], []
+        for _ in range(size):
+            sentence = [rng.choice(words) for _ in range(rng.randint(3, 8))]
+            src.append(" ".join(sentence))
+            tgt.append(" ".join(w.upper() for w in reversed(sentence)))
+        (folder / f"{split}.src").write_text("\n".join(src) + "\n")
+        (folder / f"{split}.tgt").write_text("\n".join(tgt) + "\n")
+
+
+@pytest.fixture(scope="session")
+def toy_data_bin(tmp_path_factory) -> Path:
+    """fairseq-preprocess'd reversal corpus (src -> tgt, joined dictionary)."""
+    folder = tmp_path_factory.mktemp("toy")
+    write_reversal_corpus(folder)
+    run_fairseq(
+        "preprocess", "--source-lang", "src", "--target-lang", "tgt",
+        "--trainpref", folder / "train", "--validpref", folder / "valid", "--testpref", folder / "test",
+        "--destdir", folder / "data-bin", "--joined-dictionary", "--workers", "1",
+    )
+    return folder / "data-bin"
+
+
+def train_args(data_bin: Path, save_dir: Path, *extra) -> list:
+    """fairseq-train arguments for the tiny transformer on ``data_bin`` with adam_sage, CPU, seed 1."""
+    return [
+        data_bin, "--user-dir", USER_DIR, *TINY_TRANSFORMER,
+        "--optimizer", "adam_sage", "--adam-betas", "(0.9, 0.98)", "--sage-beta0", "0.8",
+        "--lr", "3e-3", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "10",
+        "--warmup-init-lr", "1e-7", "--max-tokens", "400", "--seed", "1", "--cpu",
+        "--save-dir", save_dir, "--no-progress-bar", "--log-format", "simple", "--log-interval", "1",
+        "--num-workers", "0", *extra,
+    ]

@@ -1,0 +1,252 @@
+"""The torch optimizers against plain re-implementations of the equations, written here."""
+
+import io
+import math
+import re
+
+import pytest
+import torch
+
+from fairseq_sage import AdamaxSAGE, AdamSAGE, SGDSAGE
+
+SHAPES = [(7,), (5, 3), (2, 3, 4)]
+STEPS = 25
+
+
+def reference_multiplier(theta, grad, ema, t, beta0, eps):
+    """(U + ε)/(Ī_c + ε) with I = |θ g|, Ī = β0 Ī + (1 − β0) I, Ī_c = Ī/(1 − β0^t), U = |I − Ī_c|."""
+    sensitivity = (theta * grad).abs()
+    ema = beta0 * ema + (1 - beta0) * sensitivity
+    corrected = ema / (1 - beta0**t)
+    variation = (sensitivity - corrected).abs()
+    return (variation + eps) / (corrected + eps), ema
+
+
+def reference_run(kind, theta, grads, hp, sage=True):
+    """Apply the base step (times the SAGE multiplier) for every gradient in ``grads``."""
+    theta = theta.clone()
+    m = torch.zeros_like(theta)
+    second = torch.zeros_like(theta)
+    ema = torch.zeros_like(theta)
+    for t, g in enumerate(grads, start=1):
+        multiplier, ema = reference_multiplier(theta, g, ema, t, hp["beta0"], hp["sage_eps"])
+        if not sage:
+            multiplier = torch.ones_like(theta)
+        if kind == "adam":
+            b1, b2 = hp["betas"]
+            m = b1 * m + (1 - b1) * g
+            second = b2 * second + (1 - b2) * g * g
+            size = hp["lr"] * math.sqrt(1 - b2**t) / (1 - b1**t)
+            update = size * m * multiplier / (second.sqrt() + hp["eps"])
+        elif kind == "adamax":
+            b1, b2 = hp["betas"]
+            m = b1 * m + (1 - b1) * g
+            second = torch.maximum(b2 * second, g.abs())
+            update = hp["lr"] / (1 - b1**t) * m * multiplier / (second + hp["eps"])
+        else:
+            m = hp["momentum"] * m + g
+            update = hp["lr"] * m * multiplier
+        theta = theta - hp["lr"] * hp["weight_decay"] * theta - update
+    return theta
+
+
+HYPER = {
+    "adam": (AdamSAGE, dict(lr=3e-3, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.01, beta0=0.8, sage_eps=1e-12)),
+    "adamax": (AdamaxSAGE, dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, beta0=0.6, sage_eps=1e-12)),
+    "sgd": (SGDSAGE, dict(lr=0.05, momentum=0.9, weight_decay=0.01, beta0=0.4, sage_eps=1e-12)),
+}
+
+
+def gradient_sequence(shape, dtype, steps=STEPS, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype) for _ in range(steps)]
+
+
+def run_optimizer(optimizer, params, grads_per_param):
+    for grads in zip(*grads_per_param):
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        optimizer.step()
+
+
+@pytest.mark.parametrize("kind", sorted(HYPER))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matches_reference_with_groups(kind, dtype):
+    cls, hp = HYPER[kind]
+    torch.manual_seed(1)
+    inits = [torch.randn(s, dtype=dtype) for s in SHAPES]
+    inits[0][:3] = 0.0  # exact zeros, as fairseq's zero-initialised biases
+    params = [torch.nn.Parameter(x.clone()) for x in inits]
+    # group 0: defaults; group 1: its own lr and beta0; group 2: SAGE off
+    group_hp = [dict(hp), dict(hp, lr=hp["lr"] / 2, beta0=0.9), dict(hp)]
+    optimizer = cls(
+        [{"params": [params[0]]}, {"params": [params[1]], "lr": group_hp[1]["lr"], "beta0": 0.9},
+         {"params": [params[2]], "sage": False}],
+        **hp,
+    )
+    grads = [gradient_sequence(s, dtype, seed=i) for i, s in enumerate(SHAPES)]
+    run_optimizer(optimizer, params, grads)
+
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-13)
+    for i, (p, x) in enumerate(zip(params, inits)):
+        expected = reference_run(kind, x.double(), [g.double() for g in grads[i]], group_hp[i], sage=i != 2)
+        assert p.dtype == dtype
+        torch.testing.assert_close(p.detach().double(), expected, **tol)
+        assert not torch.equal(p.detach(), x), "the weights did not move"
+    assert "sensitivity_ema" in optimizer.state[params[0]]
+    assert "sensitivity_ema" not in optimizer.state[params[2]], "a SAGE-off group keeps no Ī"
+    assert optimizer.state[params[1]]["step"] == STEPS
+
+
+@pytest.mark.parametrize("kind", sorted(HYPER))
+def test_zero_weight_moves(kind):
+    """A weight that is exactly 0 has I = 0; (0 + ε)/(0 + ε) = 1 lets it move (ε² below would freeze it)."""
+    cls, hp = HYPER[kind]
+    param = torch.nn.Parameter(torch.zeros(4))
+    optimizer = cls([param], **hp)
+    param.grad = torch.tensor([1.0, -2.0, 0.5, 3.0])
+    optimizer.step()
+    assert torch.all(param.detach() != 0)
+    assert torch.all(param.detach() * param.grad < 0), "the step goes against the gradient"
+
+
+def test_first_step_multiplier_is_one_for_zero_weights_and_small_elsewhere():
+    """At t = 1, Ī_c = I and U = 0: m = ε/(I + ε), tiny where I ≫ ε and 1 where I = 0."""
+    param = torch.nn.Parameter(torch.tensor([0.0, 1.0]))
+    optimizer = AdamSAGE([param], lr=1.0, weight_decay=0.0, sage_eps=1e-12)
+    param.grad = torch.tensor([1.0, 1.0])
+    optimizer.step()
+    moved = -param.detach() + torch.tensor([0.0, 1.0])
+    assert moved[0].item() == pytest.approx(1.0, rel=1e-6)  # Adam's first step is lr · sign(g)
+    assert moved[1].item() == pytest.approx(1e-12, rel=1e-3)
+
+
+def fairseq_reference_classes():
+    fairseq_optim = pytest.importorskip("fairseq.optim.adam")
+    from fairseq.optim.adamax import Adamax
+
+    return fairseq_optim.Adam, Adamax
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_sage_off_is_fairseq_adam_bit_for_bit(dtype):
+    FairseqAdam, _ = fairseq_reference_classes()
+    torch.manual_seed(0)
+    inits = [torch.randn(s).to(dtype) for s in SHAPES]
+    ours = [torch.nn.Parameter(x.clone()) for x in inits]
+    theirs = [torch.nn.Parameter(x.clone()) for x in inits]
+    hp = dict(lr=1e-3, betas=(0.9, 0.98), eps=1e-8, weight_decay=1e-4)
+    sage_off = AdamSAGE(ours, sage=False, **hp)
+    reference = FairseqAdam(theirs, **hp)
+    grads = [gradient_sequence(s, dtype, seed=i) for i, s in enumerate(SHAPES)]
+    run_optimizer(sage_off, ours, grads)
+    run_optimizer(reference, theirs, grads)
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a, b)
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(sage_off.state[a][key], reference.state[b][key])
+
+
+def test_sage_off_is_fairseq_adamax_bit_for_bit():
+    _, FairseqAdamax = fairseq_reference_classes()
+    torch.manual_seed(0)
+    inits = [torch.randn(s) for s in SHAPES]
+    ours = [torch.nn.Parameter(x.clone()) for x in inits]
+    theirs = [torch.nn.Parameter(x.clone()) for x in inits]
+    hp = dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-4)
+    grads = [gradient_sequence(s, torch.float32, seed=i) for i, s in enumerate(SHAPES)]
+    run_optimizer(AdamaxSAGE(ours, sage=False, **hp), ours, grads)
+    run_optimizer(FairseqAdamax(theirs, bias_correction=True, **hp), theirs, grads)
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a, b)
+
+
+def test_sage_off_is_torch_sgd_bit_for_bit():
+    torch.manual_seed(0)
+    inits = [torch.randn(s) for s in SHAPES]
+    ours = [torch.nn.Parameter(x.clone()) for x in inits]
+    theirs = [torch.nn.Parameter(x.clone()) for x in inits]
+    grads = [gradient_sequence(s, torch.float32, seed=i) for i, s in enumerate(SHAPES)]
+    run_optimizer(SGDSAGE(ours, lr=0.05, momentum=0.9, sage=False), ours, grads)
+    run_optimizer(torch.optim.SGD(theirs, lr=0.05, momentum=0.9, foreach=False), theirs, grads)
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kind", sorted(HYPER))
+def test_state_dict_round_trip_continues_bit_identically(kind):
+    cls, hp = HYPER[kind]
+    torch.manual_seed(3)
+    inits = [torch.randn(s) for s in SHAPES]
+    grads = [gradient_sequence(s, torch.float32, steps=20, seed=i) for i, s in enumerate(SHAPES)]
+    first_half = [g[:10] for g in grads]
+    second_half = [g[10:] for g in grads]
+
+    straight = [torch.nn.Parameter(x.clone()) for x in inits]
+    run_optimizer(cls(straight, **hp), straight, grads)
+
+    params = [torch.nn.Parameter(x.clone()) for x in inits]
+    optimizer = cls(params, **hp)
+    run_optimizer(optimizer, params, first_half)
+    buffer = io.BytesIO()
+    torch.save({"params": [p.detach() for p in params], "optim": optimizer.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    resumed = [torch.nn.Parameter(p.clone()) for p in saved["params"]]
+    new_optimizer = cls(resumed, **hp)
+    new_optimizer.load_state_dict(saved["optim"])
+    assert new_optimizer.state[resumed[0]]["step"] == 10
+    run_optimizer(new_optimizer, resumed, second_half)
+    for a, b in zip(straight, resumed):
+        assert torch.equal(a, b)
+
+
+def test_half_precision_parameters_use_float32_state():
+    param = torch.nn.Parameter(torch.randn(6).to(torch.bfloat16))
+    reference = torch.nn.Parameter(param.detach().float().clone())
+    ours, theirs = AdamSAGE([param], lr=1e-2), AdamSAGE([reference], lr=1e-2)
+    for g in gradient_sequence((6,), torch.float32, steps=5):
+        param.grad, reference.grad = g.to(torch.bfloat16), g.to(torch.bfloat16).float()
+        ours.step()
+        theirs.step()
+        reference.data.copy_(reference.data.to(torch.bfloat16).float())
+    assert param.dtype == torch.bfloat16
+    assert ours.state[param]["sensitivity_ema"].dtype == torch.float32
+    torch.testing.assert_close(param.detach().float(), reference.detach(), rtol=1e-2, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(beta0=1.0), "beta0 must be in [0, 1)"),
+        (dict(beta0=-0.1), "beta0 must be in [0, 1)"),
+        (dict(lr=-1e-3), "lr must be >= 0"),
+        (dict(eps=-1.0), "eps must be >= 0"),
+        (dict(sage_eps=-1e-8), "sage_eps must be >= 0"),
+        (dict(betas=(0.9, 1.0)), "betas must be in [0, 1)"),
+    ],
+)
+def test_invalid_hyperparameters(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        AdamSAGE([torch.nn.Parameter(torch.zeros(2))], **kwargs)
+
+
+def test_invalid_hyperparameter_in_a_later_group():
+    optimizer = SGDSAGE([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+    with pytest.raises(ValueError, match="momentum"):
+        optimizer.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "momentum": 1.5})
+
+
+def test_closure_is_called_and_its_loss_returned():
+    param = torch.nn.Parameter(torch.ones(3))
+    optimizer = AdamSAGE([param])
+
+    def closure():
+        optimizer.zero_grad()
+        loss = (param**2).sum()
+        loss.backward()
+        return loss
+
+    assert optimizer.step(closure).item() == pytest.approx(3.0)
+    assert param.grad is not None
+
