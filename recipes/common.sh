@@ -1,0 +1,139 @@
+# Shared helpers of recipes/*/prepare.sh. A recipe sets RECIPE, runs `set -euo pipefail`,
+# then sources this file and calls `parse_workdir "$@"`.
+#
+# Environment read here:
+#   PYTHON          interpreter with this project's dependencies (default: python)
+#   WORKERS         processes for tokenizing, BPE and fairseq-preprocess (default: nproc)
+#   SUBWORD_METHOD  bpe (subword-nmt, default) or sentencepiece
+#
+# Every step runs through `run_step NAME FUNCTION [SETTINGS]`: a step whose marker
+# STEPS_DIR/NAME.done exists (and records the same SETTINGS) is skipped; a step that did
+# not finish has no marker and is run again. Steps write their outputs atomically
+# (temporary file + rename).
+
+RECIPES_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(dirname "$RECIPES_DIR")"
+PYTHON="${PYTHON:-python}"
+WORKERS="${WORKERS:-$(nproc 2>/dev/null || echo 1)}"
+SUBWORD_METHOD="${SUBWORD_METHOD:-bpe}"
+
+# fail MESSAGE: print one error line and stop.
+fail() {
+    echo "error: $*" >&2
+    exit 1
+}
+
+# log MESSAGE: print a progress line tagged with the recipe name.
+log() {
+    echo "[$RECIPE] $*"
+}
+
+# parse_workdir ARGS...: check the command line and set WORKDIR to its absolute path.
+parse_workdir() {
+    if [[ $# -ne 1 || $1 == -* ]]; then
+        echo "usage: bash recipes/$RECIPE/prepare.sh WORKDIR" >&2
+        exit 2
+    fi
+    mkdir -p "$1"
+    WORKDIR="$(cd "$1" && pwd)"
+}
+
+# require_positive_integer NAME: fail unless the variable NAME holds a positive integer.
+require_positive_integer() {
+    [[ ${!1} =~ ^[1-9][0-9]*$ ]] || fail "$1=${!1}: must be a positive integer"
+}
+
+# check_common_settings: validate the settings read by this file.
+check_common_settings() {
+    require_positive_integer WORKERS
+    [[ $SUBWORD_METHOD == bpe || $SUBWORD_METHOD == sentencepiece ]] ||
+        fail "SUBWORD_METHOD=$SUBWORD_METHOD: must be bpe or sentencepiece"
+}
+
+# data_prep MODULE ARGS...: run `python -m data_prep.MODULE ARGS...` with the repository importable.
+data_prep() {
+    local module=$1
+    shift
+    PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m "data_prep.$module" "$@"
+}
+
+# run_step NAME FUNCTION [SETTINGS]: run FUNCTION unless step NAME is marked done with the
+# same SETTINGS (a string naming the options its output depends on), then mark it done.
+run_step() {
+    local name=$1 function=$2 settings=${3:-}
+    local marker="$STEPS_DIR/$name.done"
+    if [[ -e $marker && "$(cat "$marker")" == "$settings" ]]; then
+        log "skip $name: already done${settings:+ ($settings)}"
+        return 0
+    fi
+    log "$name${settings:+ ($settings)}"
+    "$function"
+    mkdir -p "$STEPS_DIR"
+    printf '%s\n' "$settings" >"$marker.partial"
+    mv "$marker.partial" "$marker"
+}
+
+# fetch URL DEST SHA256 OVERRIDE_VARIABLE: download URL (or the value of OVERRIDE_VARIABLE) to DEST.
+fetch() {
+    local url=$1 dest=$2 sha256=$3 override_variable=$4
+    data_prep download "$url" "$dest" --sha256 "$sha256" --override "${!override_variable:-}" ||
+        fail "could not fetch $(basename "$dest"); set $override_variable to a reachable copy (http(s) URL, file:// URL or path)"
+}
+
+# concat_files OUTPUT INPUT...: write the concatenation of the inputs to OUTPUT atomically.
+concat_files() {
+    local output=$1
+    shift
+    cat "$@" >"$output.partial"
+    mv "$output.partial" "$output"
+}
+
+# subword_settings: the subword options, for run_step SETTINGS of the steps that depend on them.
+subword_settings() {
+    if [[ $SUBWORD_METHOD == bpe ]]; then
+        echo "bpe merges=$BPE_MERGES"
+    else
+        echo "sentencepiece vocab=$SPM_VOCAB_SIZE"
+    fi
+}
+
+# subword_learn DIR TRAIN_FILE...: learn the joint subword model of SUBWORD_METHOD into DIR
+# (BPE: DIR/code with BPE_MERGES merges; sentencepiece: DIR/spm.model of SPM_VOCAB_SIZE pieces).
+subword_learn() {
+    local dir=$1
+    shift
+    if [[ $SUBWORD_METHOD == bpe ]]; then
+        data_prep subword learn --method bpe --size "$BPE_MERGES" --model "$dir/code" "$@"
+    else
+        data_prep subword learn --method sentencepiece --size "$SPM_VOCAB_SIZE" --model "$dir/spm" "$@"
+    fi
+}
+
+# subword_apply DIR INPUT OUTPUT: segment INPUT with the model learnt by subword_learn DIR.
+subword_apply() {
+    local model="$1/code"
+    [[ $SUBWORD_METHOD == bpe ]] || model="$1/spm.model"
+    data_prep subword apply --method "$SUBWORD_METHOD" --model "$model" --workers "$WORKERS" "$2" "$3"
+}
+
+# binarize DESTDIR FAIRSEQ_PREPROCESS_ARGS...: run fairseq-preprocess into DESTDIR, replacing it whole.
+binarize() {
+    local destination=$1
+    shift
+    rm -rf "$destination.partial"
+    "$PYTHON" -m fairseq_cli.preprocess "$@" --workers "$WORKERS" --destdir "$destination.partial"
+    rm -rf "$destination"
+    mv "$destination.partial" "$destination"
+}
+
+# report_sizes DIR SOURCE_LANG TARGET_LANG: print the pair counts of DIR/{train,valid,test}.
+report_sizes() {
+    local dir=$1 split source_count target_count
+    for split in train valid test; do
+        source_count=$(wc -l <"$dir/$split.$2")
+        target_count=$(wc -l <"$dir/$split.$3")
+        [[ $source_count -eq $target_count ]] ||
+            fail "$dir/$split.$2 has $source_count lines but $dir/$split.$3 has $target_count"
+        log "$split: $source_count sentence pairs"
+    done
+}
