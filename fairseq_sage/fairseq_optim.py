@@ -7,17 +7,22 @@ The base optimizers' flags are fairseq's own (``--adam-betas``, ``--adam-eps``, 
 
 import ast
 import gc
+import logging
 import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from fairseq.dataclass import FairseqDataclass
+from fairseq.logging import metrics
 from fairseq.optim import FairseqOptimizer, register_optimizer
 from omegaconf import II, OmegaConf
 from torch import nn
 
+from .diagnostics import next_update_number, sage_statistics
 from .optimizers import DEFAULT_SAGE_EPS, AdamaxSAGE, AdamSAGE, SGDSAGE, check_hyperparameters
+
+logger = logging.getLogger(__name__)
 
 SAGE_FLAG_NAMES = {
     "lr": "--lr",
@@ -51,7 +56,14 @@ class SageConfig(FairseqDataclass):
                   "'encoder.layers|decoder.layers'): only matching parameters get SAGE, the rest "
                   "the plain base step; default: all parameters"},
     )
+    no_sage_diagnostics: bool = field(
+        default=False,
+        metadata={"help": "do not log statistics of the SAGE lr multipliers (sage_mult_mean, "
+                  "sage_mult_p50, ...) every --log-interval updates"},
+    )
     lr: List[float] = II("optimization.lr")
+    log_interval: Optional[int] = II("common.log_interval")
+    update_epoch_batch_itr: bool = II("dataset.update_epoch_batch_itr")
 
 
 @dataclass
@@ -148,6 +160,30 @@ class _FairseqSAGE(FairseqOptimizer):
         except ValueError as err:
             raise SageFlagError(f"{err}; change the flag")
         self._optimizer = self.optimizer_class(sage_param_groups(params, cfg.sage_params), **config)
+        if not cfg.get("update_epoch_batch_itr", True):
+            logger.warning(
+                "a run resumed from a checkpoint continues exactly only with "
+                "--update-epoch-batch-itr True (without it fairseq groups sentences into batches "
+                "with a seed taken from the epoch at which the process started)")
+
+    def step(self, closure=None, scale=1.0, groups=None):
+        """Take one update; every ``--log-interval`` updates log SAGE statistics first.
+
+        The statistics (:mod:`fairseq_sage.diagnostics`) see the gradients the update will use:
+        ``scale`` is divided out here, as the base class would do it before stepping.
+        """
+        if scale != 1.0:
+            self.multiply_grads(1.0 / scale)
+        if self._diagnostics_due():
+            for key, value in sage_statistics(self.param_groups, self.optimizer.state).items():
+                metrics.log_scalar(key, value, priority=1000)
+        super().step(closure, groups=groups)
+
+    def _diagnostics_due(self) -> bool:
+        interval = self.cfg.get("log_interval")
+        if self.cfg.get("no_sage_diagnostics", False) or not interval or interval < 1:
+            return False
+        return next_update_number(self.param_groups, self.optimizer.state) % interval == 0
 
     def _sage_config(self) -> dict:
         lr = self.cfg.lr
