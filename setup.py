@@ -21,11 +21,14 @@ setup(
     extras_require={
         "recipes": ["sacremoses>=0.1", "subword-nmt>=0.3.8", "sentencepiece>=0.1.99"],
         "analysis": ["matplotlib>=3.5"],
-        "test": ["pytest>=7", "sacremoses>=0.1", "subword-nmt>=0.3.8", "sentencepiece>=0.1.99"],
+        "test": [
+            "pytest>=7", "matplotlib>=3.5", "sacremoses>=0.1", "subword-nmt>=0.3.8", "sentencepiece>=0.1.99",
+        ],
     },
     entry_points={
         "console_scripts": [
             "fairseq-sage-average-checkpoints=fairseq_sage.average_checkpoints:cli_main",
+            "fairseq-sage-analyze=fairseq_sage.analysis.cli:cli_main",
         ]
     },
 )

@@ -1,0 +1,8 @@
+"""Sensitivity and pruning analysis of trained fairseq translation models.
+
+- :mod:`.sensitivity`: |θ·g| of every weight averaged over batches, grouped by layer type;
+- :mod:`.pruning`: one-shot pruning of the least sensitive weights;
+- :mod:`.bleu`: BLEU of a model on a data-bin subset (fairseq beam search, sacreBLEU);
+- :mod:`.report`: CSV tables and PNG figures;
+- :mod:`.cli`: ``python -m fairseq_sage.analysis DATA_BIN --path CHECKPOINT`` (``cli_main``).
+"""

@@ -1,0 +1,202 @@
+"""``python -m fairseq_sage.analysis DATA_BIN --path CHECKPOINT``: sensitivity and pruning analysis.
+
+For a trained fairseq translation model it writes, into ``--output-dir``:
+
+- ``sensitivity_by_type.csv`` / ``.png``: the distribution of the weights' sensitivity |θ·g|
+  (averaged over ``--num-batches`` training batches) per layer type (Fig. 2 of Liang et al., 2022);
+- ``pruning_bleu.csv`` / ``.png``: BLEU on ``--gen-subset`` after setting the p % least sensitive
+  non-embedding weights to zero, for each p of ``--prune-levels`` (their Fig. 3).
+
+See docs/analysis.md.
+"""
+
+import argparse
+import itertools
+import pickle
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from fairseq import checkpoint_utils, utils
+
+from .bleu import corpus_bleu, translate_subset
+from .pruning import SensitivityRanking, prunable, prune_
+from .report import plot_pruning_curve, plot_sensitivity_by_type, write_csv
+from .sensitivity import average_sensitivity, sensitivity_by_type, summarize
+
+__all__ = [
+    "AnalysisError", "cli_main", "get_parser", "load_model", "parse_prune_levels",
+    "pruning_curve", "run_analysis", "training_batches",
+]
+
+PROG = "fairseq-sage-analyze"
+
+
+class AnalysisError(ValueError):
+    """Bad input to the analysis; the message is one line naming the file or flag and the fix."""
+
+
+def parse_prune_levels(text: str) -> List[float]:
+    """'0,5,10' as [0.0, 5.0, 10.0]: percentages in [0, 100), without repeats."""
+    try:
+        levels = [float(item) for item in text.split(",")]
+    except ValueError:
+        raise AnalysisError(
+            f"--prune-levels {text!r}: expected comma-separated percentages like 0,10,20") from None
+    if any(not 0 <= level < 100 for level in levels) or len(set(levels)) != len(levels):
+        raise AnalysisError(
+            f"--prune-levels {text!r}: each percentage must be in [0, 100) and appear once")
+    return levels
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Sensitivity |θ·g| of a fairseq translation model's weights per layer type, "
+        "and BLEU after one-shot pruning of the least sensitive weights.",
+    )
+    add = parser.add_argument
+    add("data", metavar="DATA_BIN", help="fairseq-preprocess output the model was trained on")
+    add("--path", required=True, metavar="CHECKPOINT", help="fairseq checkpoint (.pt)")
+    add("--user-dir", help="fairseq plugin folder the model needs (fairseq_sage is always loaded)")
+    add("--num-batches", type=int, default=8,
+        help="training batches the sensitivity is averaged over (default: 8)")
+    add("--max-tokens", type=int, default=4096,
+        help="tokens per batch, for the sensitivity and for translation (default: 4096)")
+    add("--prune-levels", default="0,5,10,15,20,25,30,35,40",
+        help="percentages of non-embedding weights to prune (default: 0,5,...,40)")
+    add("--gen-subset", default="valid", help="subset translated for BLEU (default: valid)")
+    add("--beam", type=int, default=5, help="beam size (default: 5)")
+    add("--post-process", "--remove-bpe", nargs="?", const="subword_nmt", default=None,
+        help="as fairseq-generate's: undo subword segmentation before BLEU "
+        "('subword_nmt', 'sentencepiece', '@@ ', ...)")
+    add("--output-dir", help="where to write the results (default: analysis/ beside the checkpoint)")
+    add("--seed", type=int, default=1, help="seed of the choice of training batches (default: 1)")
+    add("--cpu", action="store_true", help="run on the CPU even if a GPU is available")
+    return parser
+
+
+def load_model(data: Path, checkpoint: Path, user_dir: Optional[str]):
+    """(model, task, criterion) from ``checkpoint``, with the task reading ``data``."""
+    if not data.is_dir():
+        raise AnalysisError(f"DATA_BIN {data}: no such directory; give the fairseq-preprocess output folder")
+    if not checkpoint.is_file():
+        raise AnalysisError(f"--path {checkpoint}: no such checkpoint file")
+    if user_dir is not None:
+        if not Path(user_dir).is_dir():
+            raise AnalysisError(f"--user-dir {user_dir}: no such directory")
+        utils.import_user_module(argparse.Namespace(user_dir=user_dir))
+    try:
+        models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+            [str(checkpoint)], arg_overrides={"data": str(data)}
+        )
+    except FileNotFoundError as err:
+        raise AnalysisError(f"DATA_BIN {data}: {err}; is it the data-bin the model was trained on?") from None
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise AnalysisError(f"--path {checkpoint}: cannot load it with DATA_BIN {data} ({reason})") from None
+    return models[0], task, task.build_criterion(cfg.criterion)
+
+
+def load_subset(task, subset: str, data: Path, flag: str) -> None:
+    """Load ``subset`` of ``data`` into ``task``; a missing split is an error naming ``flag``."""
+    try:
+        task.load_dataset(subset)
+    except FileNotFoundError:
+        raise AnalysisError(f"{flag} {subset}: DATA_BIN {data} has no '{subset}' split") from None
+
+
+def training_batches(task, model, count: int, max_tokens: int, seed: int) -> List[dict]:
+    """The first ``count`` batches (fewer if there are fewer) of a shuffled pass over ``train``."""
+    iterator = task.get_batch_iterator(
+        dataset=task.dataset("train"),
+        max_tokens=max_tokens,
+        max_positions=utils.resolve_max_positions(task.max_positions(), model.max_positions()),
+        ignore_invalid_inputs=True,
+        seed=seed,
+    ).next_epoch_itr(shuffle=True)
+    return list(itertools.islice(iterator, count))
+
+
+def run_analysis(args: argparse.Namespace) -> Path:
+    """Run the whole analysis of ``args`` (see :func:`get_parser`); return the output folder."""
+    levels = parse_prune_levels(args.prune_levels)
+    for flag in ("num_batches", "max_tokens", "beam"):
+        if getattr(args, flag) < 1:
+            raise AnalysisError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    data, checkpoint = Path(args.data), Path(args.path)
+    output_dir = Path(args.output_dir) if args.output_dir else checkpoint.parent / "analysis"
+    model_name = f"{checkpoint.parent.name}/{checkpoint.name}"
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+
+    model, task, criterion = load_model(data, checkpoint, args.user_dir)
+    model.to(device)
+    criterion.to(device)
+    load_subset(task, "train", data, "DATA_BIN")
+    load_subset(task, args.gen_subset, data, "--gen-subset")
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    batches = training_batches(task, model, args.num_batches, args.max_tokens, args.seed)
+    on_device = (utils.move_to_cuda(b, device=device) if device.type == "cuda" else b for b in batches)
+    sensitivity = average_sensitivity(model, criterion, on_device)
+    by_type = sensitivity_by_type(sensitivity)
+    summary = [{"type": kind, **summarize(values)} for kind, values in by_type.items()]
+    write_csv(output_dir / "sensitivity_by_type.csv", summary)
+    plot_sensitivity_by_type(output_dir / "sensitivity_by_type.png", by_type,
+                             f"{model_name}: sensitivity per layer type")
+    print(f"{PROG}: sensitivity over {len(batches)} training batch(es) of <= {args.max_tokens} "
+          f"tokens: {output_dir / 'sensitivity_by_type.csv'}")
+
+    rows = pruning_curve(model, task, sensitivity, levels, args)
+    write_csv(output_dir / "pruning_bleu.csv", rows)
+    plot_pruning_curve(output_dir / "pruning_bleu.png", rows,
+                       f"{model_name}: one-shot pruning by sensitivity, {args.gen_subset}, "
+                       f"beam {args.beam}")
+    return output_dir
+
+
+def pruning_curve(
+    model, task, sensitivity: Dict[str, torch.Tensor], levels: Sequence[float], args
+) -> List[dict]:
+    """BLEU of ``model`` with each percentage of ``levels`` of its least sensitive non-embedding
+    weights set to zero (one global ranking); the model's weights are restored afterwards."""
+    params = dict(model.named_parameters())
+    ranking = SensitivityRanking(prunable(sensitivity))
+    original = {name: params[name].detach().clone() for name in ranking.shapes}
+    rows = []
+    for percent in levels:
+        _copy_into(params, original)
+        pruned = prune_(params, ranking.least_sensitive(percent))
+        hypotheses, references = translate_subset(
+            task, model, args.gen_subset, args.beam, args.max_tokens, args.post_process
+        )
+        bleu, signature = corpus_bleu(hypotheses, references)
+        rows.append({
+            "prune_percent": percent,
+            "pruned_weights": pruned,
+            "prunable_weights": ranking.size,
+            "sensitivity_threshold": ranking.threshold(percent),
+            "bleu": bleu,
+        })
+        print(f"{PROG}: pruned {percent:g}% ({pruned} of {ranking.size} non-embedding weights): "
+              f"BLEU {bleu:.2f} on {args.gen_subset} ({len(hypotheses)} sentences)", flush=True)
+    _copy_into(params, original)
+    print(f"{PROG}: BLEU signature: {signature}")
+    return rows
+
+
+@torch.no_grad()
+def _copy_into(params: Dict[str, torch.Tensor], values: Dict[str, torch.Tensor]) -> None:
+    for name, value in values.items():
+        params[name].copy_(value)
+
+
+def cli_main(argv: Optional[Sequence[str]] = None) -> None:
+    """Entry point of ``fairseq-sage-analyze`` / ``python -m fairseq_sage.analysis``."""
+    args = get_parser().parse_args(argv)
+    try:
+        output_dir = run_analysis(args)
+    except AnalysisError as err:
+        sys.exit(f"{PROG}: error: {err}")
+    print(f"{PROG}: wrote {output_dir}/sensitivity_by_type.{{csv,png}} and pruning_bleu.{{csv,png}}")
