@@ -10,6 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["fairseq_sage", "fairseq_sage.*"]),
+    package_data={"fairseq_sage": ["csrc/*.cpp"]},  # the fused CPU kernel, compiled at first use
     install_requires=[
         "torch>=2.4",
         # fairseq 0.12.2 (the last release) cannot be imported on Python >= 3.11; ve-fairseq is a
@@ -23,6 +24,7 @@ setup(
         "analysis": ["matplotlib>=3.5"],
         "test": [
             "pytest>=7", "matplotlib>=3.5", "sacremoses>=0.1", "subword-nmt>=0.3.8", "sentencepiece>=0.1.99",
+            "fairscale>=0.4.13",  # --zero-sharding os
         ],
     },
     entry_points={

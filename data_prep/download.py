@@ -121,6 +121,22 @@ def _download(url: str, partial: Path) -> None:
                 shutil.copyfileobj(response, output, length=CHUNK_BYTES)
         except (OSError, http.client.HTTPException) as error:
             raise DataPrepError(f"{url}: download interrupted ({error!r}); run again to resume") from error
+        expected = _expected_size(response, offset if resumed else 0)
+        received = partial.stat().st_size
+        if expected is not None and received < expected:
+            # http.client ends a body that stops short of its Content-Length without an error
+            raise DataPrepError(
+                f"{url}: download interrupted after {received} of {expected} bytes; run again to resume"
+            )
+
+
+def _expected_size(response, start: int) -> Optional[int]:
+    """Size the whole file will have once ``response``, which begins at byte ``start``, is written.
+
+    ``None`` when the server sent no ``Content-Length`` (a chunked response).
+    """
+    length = response.headers.get("Content-Length", "").strip()
+    return start + int(length) if length.isdigit() else None
 
 
 def _range_start(response) -> Optional[int]:

@@ -12,13 +12,14 @@ Weight decay is decoupled (as fairseq's ``adam`` and ``adamax`` do it, "AdamW"):
 """
 
 import math
-from typing import Dict, NamedTuple, Optional
+from typing import Callable, Dict, NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
 __all__ = [
     "BaseStep",
+    "STEP_SIZES",
     "adam_init",
     "adam_step",
     "adamax_init",
@@ -42,6 +43,12 @@ def adam_init(param: Tensor, group: dict) -> Dict[str, Tensor]:
     return {"exp_avg": torch.zeros_like(param), "exp_avg_sq": torch.zeros_like(param)}
 
 
+def adam_step_size(group: dict, step: int) -> float:
+    """Adam's step size at update t = ``step``: η·√(1−β2^t)/(1−β1^t)."""
+    beta1, beta2 = group["betas"]
+    return group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+
+
 def adam_step(state: dict, grad: Tensor, group: dict) -> BaseStep:
     """Adam as fairseq's ``adam`` computes it, at update t = ``state["step"]``:
 
@@ -49,18 +56,23 @@ def adam_step(state: dict, grad: Tensor, group: dict) -> BaseStep:
         update = −η·√(1−β2^t)/(1−β1^t) · m / (√v + eps).
     """
     beta1, beta2 = group["betas"]
-    step = state["step"]
     exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
     exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
     denominator = exp_avg_sq.sqrt().add_(group["eps"])
-    size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
-    return BaseStep(exp_avg, denominator, size)
+    return BaseStep(exp_avg, denominator, adam_step_size(group, state["step"]))
 
 
 def adamax_init(param: Tensor, group: dict) -> Dict[str, Tensor]:
     """Adamax's state: the moving average m of g and the decayed infinity norm u."""
     return {"exp_avg": torch.zeros_like(param), "exp_inf": torch.zeros_like(param)}
+
+
+def adamax_step_size(group: dict, step: int) -> float:
+    """Adamax's step size at update t = ``step``: η/(1−β1^t), or η with ``bias_correction=False``."""
+    if not group["bias_correction"]:
+        return group["lr"]
+    return group["lr"] / (1 - group["betas"][0] ** step)
 
 
 def adamax_step(state: dict, grad: Tensor, group: dict) -> BaseStep:
@@ -75,15 +87,17 @@ def adamax_step(state: dict, grad: Tensor, group: dict) -> BaseStep:
     exp_avg, exp_inf = state["exp_avg"], state["exp_inf"]
     exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
     torch.maximum(exp_inf.mul_(beta2), grad.abs(), out=exp_inf)
-    size = group["lr"]
-    if group["bias_correction"]:
-        size /= 1 - beta1 ** state["step"]
-    return BaseStep(exp_avg, exp_inf.add(group["eps"]), size)
+    return BaseStep(exp_avg, exp_inf.add(group["eps"]), adamax_step_size(group, state["step"]))
 
 
 def sgd_init(param: Tensor, group: dict) -> Dict[str, Tensor]:
     """SGD's state: the momentum buffer b, when momentum is on."""
     return {"momentum_buffer": torch.zeros_like(param)} if group["momentum"] != 0 else {}
+
+
+def sgd_step_size(group: dict, step: int) -> float:
+    """SGD's step size: η at every update."""
+    return group["lr"]
 
 
 def sgd_step(state: dict, grad: Tensor, group: dict) -> BaseStep:
@@ -96,6 +110,14 @@ def sgd_step(state: dict, grad: Tensor, group: dict) -> BaseStep:
     buffer = state["momentum_buffer"]
     buffer.mul_(group["momentum"]).add_(grad)
     return BaseStep(buffer, None, group["lr"])
+
+
+STEP_SIZES: Dict[str, Callable[[dict, int], float]] = {
+    "adam": adam_step_size,
+    "adamax": adamax_step_size,
+    "sgd": sgd_step_size,
+}
+"""Each base optimizer's "size" as a function of its group and the tensor's update count t."""
 
 
 def apply_step_(param: Tensor, step: BaseStep, lr: float, weight_decay: float) -> None:

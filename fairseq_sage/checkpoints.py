@@ -6,18 +6,36 @@ plus what is explicitly allow-listed. fairseq checkpoints also hold the training
 fails on them. Importing :mod:`fairseq_sage` (as ``--user-dir`` does) allow-lists exactly that
 class, so ``fairseq-generate`` and ``fairseq-train --restore-file`` work while any other global in
 a checkpoint (a malicious payload, say) is still refused before it runs.
+
+Where fairseq is installed, importing this module also hardens fairseq's own checkpoint handling
+(:func:`harden_fairseq_checkpoints`): a checkpoint is verified before fairseq loads it (a damaged
+or refused one stops the run with one ``fairseq-sage: error:`` line), and fairseq's copy of each
+new checkpoint onto ``checkpoint_last.pt`` becomes atomic, so a process killed while saving never
+leaves a half-written ``checkpoint_last.pt`` that the next run would fail to resume from.
 """
 
 import argparse
+import contextlib
+import functools
+import importlib.util
 import os
 import pickle
+import shutil
 import tempfile
 import zipfile
-from typing import Any, Dict
+from typing import Any, Dict, Iterator
 
 import torch
 
-__all__ = ["FAIRSEQ_CHECKPOINT_GLOBALS", "CheckpointError", "load_checkpoint", "save_atomic"]
+__all__ = [
+    "FAIRSEQ_CHECKPOINT_GLOBALS",
+    "CheckpointError",
+    "copy_atomic",
+    "harden_fairseq_checkpoints",
+    "load_checkpoint",
+    "save_atomic",
+    "verify_checkpoint_file",
+]
 
 FAIRSEQ_CHECKPOINT_GLOBALS = [argparse.Namespace]
 """Non-tensor classes that fairseq checkpoints contain (``state["args"]``)."""
@@ -29,33 +47,164 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, damaged or unsafe to load."""
 
 
-def load_checkpoint(path: str) -> Dict[str, Any]:
-    """Load a fairseq checkpoint onto the CPU with ``weights_only=True`` and the allow-list above."""
+ZIP_MAGIC = b"PK\x03\x04"
+"""First bytes of a checkpoint in torch's zip format (torch >= 1.6); older ones are bare pickles."""
+
+
+RESTORE_HINT = "use an intact copy (an earlier checkpoint_*.pt of the run, say)"
+"""The fix that the message about a damaged checkpoint suggests."""
+
+
+_unsafe_globals_in = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
+"""Lists the globals a zip checkpoint's pickle names outside the allow-lists, without running it
+(None in torch versions older than this function)."""
+
+
+def is_zip_checkpoint(path: str) -> bool:
+    """Whether the file at ``path`` begins like a checkpoint in torch's zip format."""
+    with open(path, "rb") as handle:
+        return handle.read(len(ZIP_MAGIC)) == ZIP_MAGIC
+
+
+def can_be_searched(path: str) -> bool:
+    """Whether :func:`verify_checkpoint_file` can tell, without unpickling, that ``path`` is safe."""
+    return _unsafe_globals_in is not None and is_zip_checkpoint(path)
+
+
+def _refusal(path: str, what: str) -> CheckpointError:
+    return CheckpointError(f"{path}: refused to load, it holds objects that a fairseq checkpoint does not "
+                           f"({what}); only load checkpoints you trust")
+
+
+def verify_checkpoint_file(path: str) -> None:
+    """Raise CheckpointError unless ``path`` is a file and, if in zip format, whole, intact and safe.
+
+    torch does not check the CRC-32 that its zip format stores with every tensor, so a flipped
+    byte in a tensor loads silently, and it reports a truncated file without naming it. Every
+    member's CRC is checked here (one read of the file), and the pickle is searched, without
+    running it, for classes and functions outside torch's and our allow-list: those are refused
+    even where ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` would make ``torch.load`` run them (where
+    :func:`can_be_searched`).
+    """
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
+    if not is_zip_checkpoint(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError) as err:
+        raise _unreadable(path, err) from None
+    if damaged is not None:
+        raise CheckpointError(f"{path}: corrupted, {damaged} fails its CRC-32 check; {RESTORE_HINT}")
+    if not can_be_searched(path):
+        return
+    try:
+        unsafe = _unsafe_globals_in(path)
+    except (RuntimeError, ValueError, EOFError) as err:  # not a pickle torch.save wrote
+        raise _unreadable(path, err) from None
+    if unsafe:
+        raise _refusal(path, ", ".join(sorted(unsafe)))
+
+
+def _unreadable(path: str, err: Exception) -> CheckpointError:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return CheckpointError(f"{path}: not a readable checkpoint, truncated or corrupted? "
+                           f"({lines[0] if lines else type(err).__name__}); {RESTORE_HINT}")
+
+
+def _load_failure(path: str, err: Exception) -> CheckpointError:
+    """The CheckpointError for ``torch.load(path, weights_only=True)`` having raised ``err``."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if isinstance(err, pickle.UnpicklingError) and lines and lines[0].startswith("Weights only load failed"):
+        return _refusal(path, next((line for line in lines if "GLOBAL" in line), lines[0]))
+    return _unreadable(path, err)
+
+
+def load_checkpoint(path: str) -> Dict[str, Any]:
+    """Load a fairseq checkpoint onto the CPU with ``weights_only=True`` and the allow-list above.
+
+    The file is verified first (:func:`verify_checkpoint_file`); any failure is a CheckpointError
+    whose one-line message names the file.
+    """
+    verify_checkpoint_file(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"{path}: refused to load, it holds objects that a fairseq checkpoint does not "
-            f"({str(err).splitlines()[0]}); only load checkpoints you trust"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
-        raise CheckpointError(
-            f"{path}: not a readable checkpoint, truncated or corrupted? ({str(err).splitlines()[0]})"
-        ) from None
+    except Exception as err:  # whatever the unpickler met, the file is unusable: say which
+        raise _load_failure(path, err) from None
 
 
-def save_atomic(obj: Any, path: str) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: ``path`` is never half-written."""
+@contextlib.contextmanager
+def _replaced_atomically(path: str) -> Iterator[str]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` on success, delete it on failure."""
     directory = os.path.dirname(os.path.abspath(path))
-    handle, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
+    handle, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    os.close(handle)
     try:
-        with os.fdopen(handle, "wb") as tmp:
-            torch.save(obj, tmp)
-            tmp.flush()
-            os.fsync(tmp.fileno())
+        yield tmp_path
         os.replace(tmp_path, path)
     except BaseException:
         os.unlink(tmp_path)
         raise
+
+
+def save_atomic(obj: Any, path: str) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: ``path`` is never half-written."""
+    with _replaced_atomically(path) as tmp_path, open(tmp_path, "wb") as tmp:
+        torch.save(obj, tmp)
+        tmp.flush()
+        os.fsync(tmp.fileno())
+
+
+def copy_atomic(src_path: str, dst_path: str) -> None:
+    """Copy ``src_path`` to a temporary file beside ``dst_path``, then rename it to ``dst_path``."""
+    with _replaced_atomically(dst_path) as tmp_path:
+        shutil.copyfile(src_path, tmp_path)
+
+
+def harden_fairseq_checkpoints() -> None:
+    """Patch fairseq (once per process) so that its checkpoints are verified and copied atomically.
+
+    - ``fairseq.checkpoint_utils.load_checkpoint_to_cpu``, which ``fairseq-train`` (resuming) and
+      ``fairseq-generate`` use, first runs :func:`verify_checkpoint_file` (and unpickles a
+      checkpoint that cannot be searched, such as torch's pre-1.6 format, once with
+      ``weights_only=True``); a damaged or refused
+      checkpoint stops the program with one ``fairseq-sage: error:`` line naming the file.
+    - ``fairseq.file_io.PathManager.copy``, with which fairseq copies each new checkpoint to
+      ``checkpoint_last.pt`` (and ``checkpoint_best.pt``), uses :func:`copy_atomic` for local files.
+    """
+    from fairseq import checkpoint_utils
+    from fairseq.file_io import PathManager
+
+    if getattr(checkpoint_utils.load_checkpoint_to_cpu, "hardened_by_fairseq_sage", False):
+        return
+    fairseq_load = checkpoint_utils.load_checkpoint_to_cpu
+    fairseq_copy = PathManager.copy
+
+    @functools.wraps(fairseq_load)
+    def load_checkpoint_to_cpu(path, *args, **kwargs):
+        try:
+            if not PathManager.path_requires_pathmanager(path):
+                verify_checkpoint_file(path)
+                if not can_be_searched(path):  # unpickle it safely once, whatever the torch version's
+                    load_checkpoint(path)  # default or TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD would do
+            try:
+                return fairseq_load(path, *args, **kwargs)
+            except (pickle.UnpicklingError, EOFError) as err:
+                raise _load_failure(path, err) from None
+        except CheckpointError as err:
+            raise SystemExit(f"fairseq-sage: error: {err}") from None
+
+    def copy(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
+        if not overwrite or PathManager.path_requires_pathmanager(dst_path):
+            return fairseq_copy(src_path, dst_path, overwrite=overwrite)
+        copy_atomic(src_path, dst_path)
+        return True
+
+    load_checkpoint_to_cpu.hardened_by_fairseq_sage = True
+    checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu
+    PathManager.copy = staticmethod(copy)
+
+
+if importlib.util.find_spec("fairseq") is not None:
+    harden_fairseq_checkpoints()

@@ -2,7 +2,9 @@
 
 The base optimizers' flags are fairseq's own (``--adam-betas``, ``--adam-eps``, ``--adamax-betas``,
 ``--adamax-eps``, ``--no-bias-correction``, ``--momentum``, ``--weight-decay``); SAGE adds
-``--sage-beta0``, ``--sage-eps`` and ``--sage-params``.
+``--sage-beta0``, ``--sage-eps`` and ``--sage-params``. Every ``--log-interval`` updates the
+adapters log statistics of the SAGE multipliers (:mod:`fairseq_sage.diagnostics`), unless
+``--no-sage-diagnostics``.
 """
 
 import ast
@@ -13,13 +15,14 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from fairseq.dataclass import FairseqDataclass
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
 from fairseq.optim import FairseqOptimizer, register_optimizer
 from omegaconf import II, OmegaConf
 from torch import nn
 
 from .diagnostics import next_update_number, sage_statistics
+from .implementations import IMPLEMENTATIONS
 from .optimizers import DEFAULT_SAGE_EPS, AdamaxSAGE, AdamSAGE, SGDSAGE, check_hyperparameters
 
 logger = logging.getLogger(__name__)
@@ -30,6 +33,10 @@ SAGE_FLAG_NAMES = {
     "beta0": "--sage-beta0",
     "sage_eps": "--sage-eps",
 }
+
+
+FLATTENED_PARAMETER = re.compile(r"(^|\.)flat_param_\w*$")
+"""Name of a parameter that fairscale's FullyShardedDataParallel made of many flattened ones."""
 
 
 class SageFlagError(SystemExit):
@@ -60,6 +67,13 @@ class SageConfig(FairseqDataclass):
         default=False,
         metadata={"help": "do not log statistics of the SAGE lr multipliers (sage_mult_mean, "
                   "sage_mult_p50, ...) every --log-interval updates"},
+    )
+    sage_impl: ChoiceEnum(IMPLEMENTATIONS) = field(
+        default="auto",
+        metadata={"help": "how the update is computed: auto (default) picks a fused C++ kernel for "
+                  "CPU and a torch.compile'd one for CUDA, falling back to foreach where these "
+                  "cannot be built; reference is the per-tensor loop (bit-identical to adam/adamax "
+                  "with SAGE off)"},
     )
     lr: List[float] = II("optimization.lr")
     log_interval: Optional[int] = II("common.log_interval")
@@ -132,8 +146,15 @@ def sage_param_groups(params: List[nn.Parameter], pattern: Optional[str]) -> Lis
     if unnamed:
         raise SageFlagError(
             f"--sage-params needs parameter names, but {len(unnamed)} parameter(s) given to the "
-            "optimizer belong to no model (with --fp16/--bf16 fairseq flattens them: add "
-            "--fp16-no-flatten-grads, or drop --sage-params)")
+            "optimizer belong to no model (with --fp16 or --bf16 fairseq optimizes float32 copies "
+            "of the weights, flattened unless --fp16-no-flatten-grads): use --memory-efficient-fp16 "
+            "(or --memory-efficient-bf16) instead, or drop --sage-params")
+    flattened = sorted(name for name in names.values() if FLATTENED_PARAMETER.search(name))
+    if flattened:
+        raise SageFlagError(
+            f"--sage-params cannot choose among weights that were flattened into one tensor "
+            f"({flattened[0]}, by --ddp-backend fully_sharded): use another --ddp-backend, or drop "
+            "--sage-params")
     with_sage = [p for p in params if regex.search(names[id(p)])]
     if not with_sage:
         examples = ", ".join(sorted(names.values())[:3])
@@ -191,6 +212,9 @@ class _FairseqSAGE(FairseqOptimizer):
             "lr": lr[0] if isinstance(lr, Collection) else lr,
             "beta0": self.cfg.sage_beta0,
             "sage_eps": self.cfg.sage_eps,
+            "impl": str(self.cfg.get("sage_impl", "auto")),
+            # fairseq's trainer never steps on a NaN/inf gradient norm: no second check
+            "check_finite": False,
         }
 
 

@@ -9,14 +9,20 @@ Each update of a tensor θ with gradient g is a chain of three transformations:
 
 Every hyper-parameter may be set per parameter group. Half-precision parameters are updated
 through a float32 copy, with float32 state, as fairseq's own optimizers do.
+
+``impl`` picks how the chain is computed (:mod:`fairseq_sage.implementations`): the per-tensor
+reference written here, or a multi-tensor or fused kernel over all tensors at once; by default
+the fastest that runs on the parameters' device. All give the same state and results within
+float32 rounding.
 """
 
-from typing import Callable, Dict, Iterable, Optional, Tuple
+import warnings
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from . import base_steps
+from . import base_steps, implementations
 from .functional import sage_multiplier_
 
 __all__ = ["AdamSAGE", "AdamaxSAGE", "SGDSAGE", "DEFAULT_SAGE_EPS"]
@@ -47,11 +53,40 @@ def check_hyperparameters(group: dict, names: Dict[str, str]) -> None:
                 raise ValueError(f"{names.get(key, key)} must be in [0, 1), got {group[key]}")
 
 
-class _SAGEOptimizer(torch.optim.Optimizer):
-    """A base step (``_init_state``/``_base_step``) modulated element-wise by SAGE."""
+def all_finite(tensors: List[Tensor]) -> bool:
+    """True when no tensor in ``tensors`` holds a NaN or an infinity (one host synchronisation).
 
+    A NaN or an infinity makes a tensor's sum NaN or infinite, so the sums (one read of every
+    tensor, no temporaries) decide; only where a sum is not finite, which an overflowing sum of
+    finite elements can also be, are the elements themselves examined.
+    """
+    if not tensors:
+        return True
+    device = tensors[0].device
+    sums = torch.stack([
+        t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32).to(device) for t in tensors
+    ])
+    if bool(sums.isfinite().all()):
+        return True
+    return bool(torch.stack([torch.isfinite(t).all().to(device) for t in tensors]).all())
+
+
+class _SAGEOptimizer(torch.optim.Optimizer):
+    """A base step (``_init_state``/``_base_step``) modulated element-wise by SAGE.
+
+    Besides their hyper-parameters, the optimizers take ``impl`` (see
+    :mod:`fairseq_sage.implementations`; default "auto") and ``check_finite`` (default True: an
+    update whose gradients hold a NaN or an infinity is skipped, see :meth:`step`).
+    """
+
+    _kind: str
     _init_state: Callable[[Tensor, dict], Dict[str, Tensor]]
     _base_step: Callable[[dict, Tensor, dict], base_steps.BaseStep]
+
+    def __init__(self, params: Iterable, defaults: dict, impl: str, check_finite: bool):
+        self.impl = implementations.check_implementation(impl)
+        self.check_finite = check_finite
+        super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a group (the constructor adds each of its own this way) after checking its values."""
@@ -66,27 +101,56 @@ class _SAGEOptimizer(torch.optim.Optimizer):
     def supports_flat_params(self) -> bool:
         return True
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load ``state_dict``, keeping the float32 state of float16/bfloat16 parameters float32.
+
+        torch's ``Optimizer.load_state_dict`` casts floating-point state to each parameter's dtype,
+        which would round Ī and the moments of a half-precision parameter to half precision.
+        """
+        super().load_state_dict(state_dict)
+        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        params = [p for group in self.param_groups for p in group["params"]]
+        for saved_id, param in zip(saved_ids, params):
+            if param.dtype not in LOW_PRECISION or saved_id not in state_dict["state"]:
+                continue
+            for key, value in state_dict["state"][saved_id].items():
+                if torch.is_tensor(value) and value.is_floating_point() and key != "step":
+                    self.state[param][key] = value.to(device=param.device, dtype=torch.float32, copy=True)
+
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:
-        """Apply one update to every parameter that has a gradient."""
+        """Apply one update to every parameter that has a gradient.
+
+        If any gradient holds a NaN or an infinity, nothing changes (one bad batch must not poison
+        Ī and the moments) and a RuntimeWarning says that the update was skipped. This check reads
+        every gradient once more; ``check_finite=False`` leaves it to the caller (fairseq's trainer
+        checks the gradient norm before it steps the optimizer).
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        gradients = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if self.check_finite and not all_finite([g for g in gradients if not g.is_sparse]):
+            warnings.warn(f"{type(self).__name__}: a gradient holds NaN or inf; update skipped, "
+                          "weights and optimizer state left unchanged", RuntimeWarning)
+            return loss
+        work = []
         for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is not None:
-                    self._update_parameter(param, group)
+            params = [p for p in group["params"] if p.grad is not None]
+            work.append((group, params, [self._advance_state(p, group) for p in params]))
+        implementations.update_(self._kind, self.impl, work, self._update_parameter)
         return loss
 
-    def _update_parameter(self, param: Tensor, group: dict) -> None:
+    def _advance_state(self, param: Tensor, group: dict) -> dict:
+        """``param``'s state, created (float32 for half-precision ``param``) at its first update,
+        with ``step`` advanced to the update about to be applied."""
         if param.grad.is_sparse:
             raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-        low_precision = param.dtype in LOW_PRECISION
-        grad = param.grad.float() if param.grad.dtype in LOW_PRECISION else param.grad
-        weights = param.float() if low_precision else param
         state = self.state[param]
+        low_precision = param.dtype in LOW_PRECISION
         if not state:
+            weights = torch.empty_like(param, dtype=torch.float32) if low_precision else param
             state["step"] = 0
             state.update(self._init_state(weights, group))
             if group["sage"]:
@@ -96,7 +160,13 @@ class _SAGEOptimizer(torch.optim.Optimizer):
                 if torch.is_tensor(value):
                     state[key] = value.float()
         state["step"] += 1
+        return state
 
+    def _update_parameter(self, param: Tensor, state: dict, group: dict) -> None:
+        """The reference update of one parameter, its ``state`` already advanced."""
+        low_precision = param.dtype in LOW_PRECISION
+        grad = param.grad.float() if param.grad.dtype in LOW_PRECISION else param.grad
+        weights = param.float() if low_precision else param
         step = self._base_step(state, grad, group)
         if group["sage"]:
             multiplier = sage_multiplier_(
@@ -114,6 +184,7 @@ class AdamSAGE(_SAGEOptimizer):
     θ ← θ − η·λ·θ − η·√(1−β2^t)/(1−β1^t) · m ⊙ (U + ε_s)/(Ī_c + ε_s) / (√v + eps)
     """
 
+    _kind = "adam"
     _init_state = staticmethod(base_steps.adam_init)
     _base_step = staticmethod(base_steps.adam_step)
 
@@ -127,12 +198,14 @@ class AdamSAGE(_SAGEOptimizer):
         beta0: float = 0.8,
         sage_eps: float = DEFAULT_SAGE_EPS,
         sage: bool = True,
+        impl: str = "auto",
+        check_finite: bool = True,
     ):
         defaults = dict(
             lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
             beta0=beta0, sage_eps=sage_eps, sage=sage,
         )
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, impl, check_finite)
 
 
 class AdamaxSAGE(_SAGEOptimizer):
@@ -141,6 +214,7 @@ class AdamaxSAGE(_SAGEOptimizer):
     θ ← θ − η·λ·θ − η/(1−β1^t) · m ⊙ (U + ε_s)/(Ī_c + ε_s) / (u + eps)
     """
 
+    _kind = "adamax"
     _init_state = staticmethod(base_steps.adamax_init)
     _base_step = staticmethod(base_steps.adamax_step)
 
@@ -155,12 +229,14 @@ class AdamaxSAGE(_SAGEOptimizer):
         beta0: float = 0.8,
         sage_eps: float = DEFAULT_SAGE_EPS,
         sage: bool = True,
+        impl: str = "auto",
+        check_finite: bool = True,
     ):
         defaults = dict(
             lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
             bias_correction=bias_correction, beta0=beta0, sage_eps=sage_eps, sage=sage,
         )
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, impl, check_finite)
 
 
 class SGDSAGE(_SAGEOptimizer):
@@ -169,6 +245,7 @@ class SGDSAGE(_SAGEOptimizer):
     b ← μ·b + g,   θ ← θ − η·λ·θ − η · b ⊙ (U + ε_s)/(Ī_c + ε_s)
     """
 
+    _kind = "sgd"
     _init_state = staticmethod(base_steps.sgd_init)
     _base_step = staticmethod(base_steps.sgd_step)
 
@@ -181,9 +258,11 @@ class SGDSAGE(_SAGEOptimizer):
         beta0: float = 0.8,
         sage_eps: float = DEFAULT_SAGE_EPS,
         sage: bool = True,
+        impl: str = "auto",
+        check_finite: bool = True,
     ):
         defaults = dict(
             lr=lr, momentum=momentum, weight_decay=weight_decay,
             beta0=beta0, sage_eps=sage_eps, sage=sage,
         )
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, impl, check_finite)

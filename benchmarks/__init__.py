@@ -1,0 +1,1 @@
+"""Benchmarks of fairseq-sage, run from the repository root as ``python -m benchmarks.<name>``."""

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The Multi30k De->En quickstart: prepare the data, train the same small transformer with Adam
+# and with Adam-SAGE on the same update budget, evaluate both on test2016 and test2017, and
+# print a side-by-side table (also saved as WORKDIR/results.md and WORKDIR/results.json).
+#
+# Usage: bash recipes/multi30k/run.sh [--data DIR] [WORKDIR] [-- FAIRSEQ_TRAIN_FLAGS...]
+#   --data DIR  folder with Multi30k's raw {train,val,test_2016_flickr,test_2017_flickr}.{de,en}.gz
+#               (default: ../shared/data/multi30k next to the repository when present, else
+#               download them)
+#   WORKDIR     where everything is written (default: runs/multi30k in the repository)
+#   flags after -- are appended to both fairseq-train commands
+#
+# Environment: OPTIMIZERS (default "adam adam_sage"), and the settings of prepare.sh and
+# train.sh (MAX_TRAIN_LINES, SPM_VOCAB_SIZE, MAX_UPDATE, MAX_TOKENS, LR, SAGE_BETA0, ...).
+# Finished steps are skipped when run again; an interrupted step is redone.
+set -euo pipefail
+RECIPE=multi30k
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
+source "$RECIPES_DIR/multi30k/args.sh"
+parse_data_and_workdir run.sh "$@"
+read -r -a optimizers <<<"${OPTIMIZERS:-adam adam_sage}"
+[[ ${#optimizers[@]} -gt 0 ]] || fail "OPTIMIZERS is empty; use e.g. OPTIMIZERS=\"adam adam_sage\""
+
+started=$SECONDS
+bash "$RECIPES_DIR/multi30k/prepare.sh" ${DATA:+--data "$DATA"} "$WORKDIR"
+for optimizer in "${optimizers[@]}"; do
+    bash "$RECIPES_DIR/multi30k/train.sh" "$WORKDIR" "$optimizer" "${TRAIN_FLAGS[@]}"
+    bash "$RECIPES_DIR/multi30k/evaluate.sh" "$WORKDIR" "$optimizer"
+done
+PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" "$RECIPES_DIR/multi30k/report.py" "$WORKDIR" "${optimizers[@]}"
+log "finished in $((SECONDS - started)) s"
