@@ -3,10 +3,10 @@
 A synthetic parallel corpus (random sentences over a fixed vocabulary; the target is the source
 reversed) is binarized with ``fairseq-preprocess``, unless a binarized one is given. Each round
 trains with adam, then with adam_sage, from the same seed: the k-th ``train_inner`` interval of
-both runs holds the same batches, so its two ``wps`` make a pair that differs only by the optimizer
-(and by the machine's load at the time). The comparison is the median of adam_sage's wps / adam's
-over all pairs but the first of each round (which holds start-up costs); an optimizer's own figure
-is the median of its intervals' wps.
+the runs holds the same batches, so their ``wps`` make pairs that differ only by the optimizer (and
+by the machine's load at the time). The comparison is the median of adam_sage's wps / adam's over
+all pairs but the first of each round (which holds start-up costs); an optimizer's own figure is
+the median of its intervals' wps.
 
 The runs use one CPU thread by default: with a model this small torch's two-thread operations are
 short, and on a machine shared with other processes each one's thread barrier can wait a whole
@@ -44,10 +44,14 @@ MODELS = {
 }
 """``small``: 2+2 layers of width 128 (about 1.2M parameters); ``tiny``: for smoke tests."""
 
+ADAM_SAGE = ["--optimizer", "adam_sage", "--adam-betas", "(0.9, 0.98)", "--user-dir", str(USER_DIR)]
 OPTIMIZER_FLAGS = {
     "adam": ["--optimizer", "adam", "--adam-betas", "(0.9, 0.98)"],
-    "adam_sage": ["--optimizer", "adam_sage", "--adam-betas", "(0.9, 0.98)", "--user-dir", str(USER_DIR)],
+    "adam_sage": ADAM_SAGE + ["--no-sage-diagnostics"],
+    "adam_sage +diagnostics": ADAM_SAGE,
 }
+"""What is compared: adam, adam_sage alone, adam_sage with the statistics of its multipliers
+(:mod:`fairseq_sage.diagnostics`) logged at every log interval, as fairseq-train does by default."""
 
 TRAIN_INNER = re.compile(r"\| train_inner \| (\{.*\})")
 
@@ -112,8 +116,9 @@ def compare(
     data_bin: Path, model: str, updates: int, log_interval: int, rounds: int, device: str = "cpu",
     threads: int = 1,
 ) -> Dict[str, object]:
-    """``rounds`` rounds of an adam run and an adam_sage run. Per optimizer: the wps of each run's
-    intervals (the first dropped) and their median; the paired ratios and their median."""
+    """``rounds`` rounds of a run of each of ``OPTIMIZER_FLAGS``. Per optimizer: the wps of each
+    run's intervals (the first dropped) and their median; but for adam, the ratios of its wps to
+    adam's in paired intervals and their median."""
     intervals: Dict[str, List[List[float]]] = {name: [] for name in OPTIMIZER_FLAGS}
     for _ in range(rounds):
         for name in OPTIMIZER_FLAGS:
@@ -122,12 +127,11 @@ def compare(
                 raise RuntimeError(f"{name}: {len(wps)} train_inner lines; raise --train-updates "
                                    "or lower the log interval")
             intervals[name].append(wps[1:])
-    ratios = [sage / adam for adam_run, sage_run in zip(intervals["adam"], intervals["adam_sage"])
-              for adam, sage in zip(adam_run, sage_run)]
-    result: Dict[str, object] = {
-        name: {"wps": statistics.median(w for run in runs for w in run), "runs_wps": runs}
-        for name, runs in intervals.items()
-    }
-    result["paired_ratios"] = ratios
-    result["adam_sage_over_adam"] = statistics.median(ratios)
+    result: Dict[str, dict] = {}
+    for name, runs in intervals.items():
+        result[name] = {"wps": statistics.median(w for run in runs for w in run), "runs_wps": runs}
+        if name != "adam":
+            ratios = [wps / adam for run, adam_run in zip(runs, intervals["adam"])
+                      for wps, adam in zip(run, adam_run)]
+            result[name].update(paired_ratios=ratios, over_adam=statistics.median(ratios))
     return result

@@ -47,10 +47,12 @@ class Constants(NamedTuple):
     sage: bool
     beta0: float
     sage_eps: float
-    weight_decay: bool
+    decays_weights: bool
+    """Whether weight decay is on (its size ηλ follows the learning rate: it is not a constant)."""
 
 
 def group_constants(group: dict) -> Constants:
+    """The fixed hyper-parameters of ``group`` (zeros for those its optimizer does not have)."""
     return Constants(
         tuple(group.get("betas", (0.0, 0.0))), group.get("eps", 0.0), group.get("momentum", 0.0),
         bool(group["sage"]), group["beta0"], group["sage_eps"], group["weight_decay"] != 0,
@@ -109,7 +111,7 @@ def update_chain_(
         torch._foreach_mul_(updates, multipliers)
     if denominators is not None:
         torch._foreach_div_(updates, denominators)
-    if constants.weight_decay:
+    if constants.decays_weights:
         torch._foreach_mul_(weights, keep)
     torch._foreach_sub_(weights, updates)
 

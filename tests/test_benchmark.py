@@ -65,15 +65,18 @@ def test_step_figures_are_consistent(smoke_run):
 def test_training_figures_are_consistent(smoke_run):
     stdout, figures = smoke_run
     train = figures["train"]
+    assert list(train) == ["adam", "adam_sage", "adam_sage +diagnostics"]
     # 6 updates logged every 2: three intervals per run, the first dropped
-    runs = {name: train[name]["runs_wps"] for name in ("adam", "adam_sage")}
-    for name, (run,) in runs.items():
+    (adam,) = train["adam"]["runs_wps"]
+    for name, row in train.items():
+        (run,) = row["runs_wps"]
         assert len(run) == 2 and all(w > 0 for w in run)
-        assert train[name]["wps"] == pytest.approx(statistics.median(run))
-    pairs = [s / a for a, s in zip(runs["adam"][0], runs["adam_sage"][0])]
-    assert train["paired_ratios"] == pytest.approx(pairs)
-    assert train["adam_sage_over_adam"] == pytest.approx(statistics.median(pairs))
-    assert f"ratio {train['adam_sage_over_adam']:.3f}" in stdout
+        assert row["wps"] == pytest.approx(statistics.median(run))
+        if name != "adam":
+            pairs = [w / a for w, a in zip(run, adam)]
+            assert row["paired_ratios"] == pytest.approx(pairs)
+            assert row["over_adam"] == pytest.approx(statistics.median(pairs))
+            assert f"{name:24s}{row['wps']:9.0f}{row['over_adam']:9.3f}" in stdout
 
 
 @pytest.mark.skipif(not step_memory.available(), reason="peak RSS is read from Linux's /proc")
