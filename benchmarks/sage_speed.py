@@ -138,7 +138,7 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, help="CPU threads for the step timings (default: torch's, "
                         "one per core)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per optimizer")
-    parser.add_argument("--repeats", type=int, default=20, help="timed steps per optimizer")
+    parser.add_argument("--repeats", type=int, default=30, help="timed steps per optimizer")
     parser.add_argument("--no-memory", dest="memory", action="store_false",
                         help="do not measure the steps' temporary memory (one process per optimizer)")
     parser.add_argument("--skip-train", action="store_true", help="no fairseq-train measurement")

@@ -77,7 +77,8 @@ def run_fairseq(tool: str, args: Sequence, threads: Optional[int] = None) -> str
     proc = subprocess.run([sys.executable, "-m", f"fairseq_cli.{tool}", *map(str, args)],
                           capture_output=True, text=True, cwd=REPO, env=env)
     if proc.returncode != 0:
-        raise RuntimeError(f"fairseq-{tool} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"fairseq-{tool} {' '.join(map(str, args))} failed (exit status "
+                           f"{proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     return proc.stdout + proc.stderr
 
 
@@ -108,6 +109,9 @@ def train_wps(
         *(["--cpu"] if device == "cpu" else []),
         "--no-save", "--disable-validation", "--log-format", "json", "--log-interval", log_interval,
         "--no-progress-bar",
+        # no background batch-prefetching thread: killed at exit, it makes a run that ends soon after
+        # an epoch boundary abort ("terminate called without an active exception")
+        "--data-buffer-size", "0",
     ], threads)
     return words_per_second(log)
 

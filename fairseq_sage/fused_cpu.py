@@ -14,6 +14,7 @@ gathered into one and Ī is multiplied by 1/(1 − β0^t)).
 """
 
 import functools
+import logging
 import sys
 from pathlib import Path
 from typing import List, Sequence
@@ -24,6 +25,8 @@ from torch import Tensor
 from . import base_steps
 
 __all__ = ["KernelUnavailable", "load_kernel", "supports", "fused_update_"]
+
+logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "fused_cpu.cpp"
 
@@ -58,6 +61,8 @@ def load_kernel():
     if not SOURCE.is_file():
         raise KernelUnavailable(f"{SOURCE} is missing from the installed package")
     openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
+    logger.info("fairseq-sage: loading the fused CPU kernel of the SAGE update (compiled at its first "
+                "use on this machine, which takes about a minute, then cached)")
     try:
         return cpp_extension.load(
             name=extension_name(),

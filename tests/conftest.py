@@ -67,5 +67,8 @@ def train_args(data_bin: Path, save_dir: Path, *extra) -> list:
         "--lr", "3e-3", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "10",
         "--warmup-init-lr", "1e-7", "--max-tokens", "400", "--seed", "1", "--cpu",
         "--save-dir", save_dir, "--no-progress-bar", "--log-format", "simple", "--log-interval", "1",
-        "--num-workers", "0", *extra,
+        # batches collated in the main process, and no prefetching thread: fairseq's daemon thread,
+        # stopped by the interpreter's exit while it collates, can abort a run that ends soon after an
+        # epoch boundary ("terminate called without an active exception"; docs/reliability.md)
+        "--num-workers", "0", "--data-buffer-size", "0", *extra,
     ]
