@@ -3,6 +3,8 @@
 import sys
 from typing import Callable, Optional, Sequence
 
+from .textio import OUT_OF_SPACE
+
 
 class DataPrepError(Exception):
     """Bad input or a failed step; the message is one line naming the file or flag and the fix."""
@@ -20,5 +22,9 @@ def run_main(main: Callable[[Optional[Sequence[str]]], None], argv: Optional[Seq
         return 1
     except FileNotFoundError as error:
         print(f"error: {error.filename}: no such file; check the path", file=sys.stderr)
+        return 1
+    except OSError as error:
+        fix = "free some disk space and run again" if error.errno in OUT_OF_SPACE else "check the path"
+        print(f"error: {error.filename or 'output'}: {error.strerror or error}; {fix}", file=sys.stderr)
         return 1
     return 0

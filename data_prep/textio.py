@@ -7,6 +7,7 @@ byte in a web-crawled corpus neither stops a run nor shifts its line alignment.
 """
 
 import contextlib
+import errno
 import io
 import multiprocessing
 import os
@@ -47,6 +48,10 @@ def count_lines(path: PathLike) -> int:
     return sum(1 for _ in read_lines(path))
 
 
+OUT_OF_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+"""errno values of a write that failed for lack of room (disk full, file-size limit, quota)."""
+
+
 @contextlib.contextmanager
 def atomic_output(path: PathLike) -> Iterator[TextIO]:
     """Text file handle whose content replaces ``path`` only when the block succeeds.
@@ -70,8 +75,10 @@ def atomic_output(path: PathLike) -> Iterator[TextIO]:
         with open(handle, "w", encoding=ENCODING, errors=ERRORS, newline="\n") as output:
             yield output
         os.replace(temporary, target)
-    except BaseException:
+    except BaseException as error:
         os.unlink(temporary)
+        if isinstance(error, OSError) and error.errno in OUT_OF_SPACE and error.filename is None:
+            error.filename = str(target)  # a failed write() does not say which file it was writing
         raise
 
 

@@ -2,10 +2,11 @@
 
 torch >= 2.6 unpickles with ``weights_only=True``: only tensors, containers and primitive types,
 plus what is explicitly allow-listed. fairseq checkpoints also hold the training arguments as an
-``argparse.Namespace`` (``None`` in new checkpoints, set in old ones), so fairseq's own loader
-fails on them. Importing :mod:`fairseq_sage` (as ``--user-dir`` does) allow-lists exactly that
-class, so ``fairseq-generate`` and ``fairseq-train --restore-file`` work while any other global in
-a checkpoint (a malicious payload, say) is still refused before it runs.
+``argparse.Namespace`` (``None`` in new checkpoints, set in old ones), and numpy values where
+``--eval-bleu`` was on, so fairseq's own loader fails on them. Importing :mod:`fairseq_sage` (as
+``--user-dir`` does) allow-lists exactly those (:data:`FAIRSEQ_CHECKPOINT_GLOBALS`), so
+``fairseq-generate`` and ``fairseq-train --restore-file`` work while any other global in a
+checkpoint (a malicious payload, say) is still refused before it runs.
 
 Where fairseq is installed, importing this module also hardens fairseq's own checkpoint handling
 (:func:`harden_fairseq_checkpoints`): a checkpoint is verified before fairseq loads it (a damaged
@@ -25,6 +26,7 @@ import tempfile
 import zipfile
 from typing import Any, Dict, Iterator
 
+import numpy
 import torch
 
 __all__ = [
@@ -37,8 +39,17 @@ __all__ = [
     "verify_checkpoint_file",
 ]
 
-FAIRSEQ_CHECKPOINT_GLOBALS = [argparse.Namespace]
-"""Non-tensor classes that fairseq checkpoints contain (``state["args"]``)."""
+FAIRSEQ_CHECKPOINT_GLOBALS = [
+    argparse.Namespace,
+    numpy.ndarray,
+    numpy.dtype,
+    numpy.zeros(0).__reduce__()[0],  # numpy's array constructor (numpy.core or numpy._core)
+    numpy.float64(0).__reduce__()[0],  # numpy's scalar constructor
+]
+"""Non-tensor classes and constructors that fairseq checkpoints contain: the training arguments
+(``state["args"]``) and, with ``--eval-bleu``, numpy arrays and scalars in the saved meters of
+``extra_state["metrics"]`` (the BLEU n-gram counts). numpy rebuilds an array or a scalar from its
+dtype and raw bytes; an object array's elements are unpickled under the same allow-list."""
 
 torch.serialization.add_safe_globals(FAIRSEQ_CHECKPOINT_GLOBALS)
 

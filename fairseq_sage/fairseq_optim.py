@@ -196,15 +196,24 @@ class _FairseqSAGE(FairseqOptimizer):
         if scale != 1.0:
             self.multiply_grads(1.0 / scale)
         if self._diagnostics_due():
-            for key, value in sage_statistics(self.param_groups, self.optimizer.state).items():
+            local = self._local_optimizer
+            for key, value in sage_statistics(local.param_groups, local.state).items():
                 metrics.log_scalar(key, value, priority=1000)
         super().step(closure, groups=groups)
+
+    @property
+    def _local_optimizer(self):
+        """The SAGE optimizer that holds this process's state: under ``--zero-sharding os``, the one
+        that fairscale's wrapper steps on this rank's shard of the parameters (the statistics are
+        then the shard's), else the optimizer itself."""
+        return getattr(self.optimizer, "optim", self.optimizer)
 
     def _diagnostics_due(self) -> bool:
         interval = self.cfg.get("log_interval")
         if self.cfg.get("no_sage_diagnostics", False) or not interval or interval < 1:
             return False
-        return next_update_number(self.param_groups, self.optimizer.state) % interval == 0
+        local = self._local_optimizer
+        return next_update_number(local.param_groups, local.state) % interval == 0
 
     def _sage_config(self) -> dict:
         lr = self.cfg.lr

@@ -1,5 +1,6 @@
-# Shared helpers of recipes/*/prepare.sh. A recipe sets RECIPE, runs `set -euo pipefail`,
-# then sources this file and calls `parse_workdir "$@"`.
+# Shared helpers of the recipes' scripts. A script sets RECIPE, runs `set -euo pipefail`, then
+# sources this file; prepare.sh calls `parse_workdir "$@"`, train.sh and evaluate.sh
+# `check_arguments` and `existing_workdir`.
 #
 # Environment read here:
 #   PYTHON          interpreter with this project's dependencies (default: python)
@@ -36,6 +37,23 @@ parse_workdir() {
     fi
     mkdir -p "$1"
     WORKDIR="$(cd "$1" && pwd)"
+}
+
+# check_arguments COUNT USAGE ARGS...: print "usage: USAGE" and exit 2 unless ARGS holds COUNT or
+# more words, the first not an option.
+check_arguments() {
+    local count=$1 usage=$2
+    shift 2
+    if [[ $# -lt $count || ${1:-} == -* ]]; then
+        echo "usage: $usage" >&2
+        exit 2
+    fi
+}
+
+# existing_workdir DIR [HINT]: set WORKDIR to the absolute path of the folder DIR; fail, with
+# HINT, if there is none.
+existing_workdir() {
+    WORKDIR="$(cd "$1" 2>/dev/null && pwd)" || fail "WORKDIR $1: no such folder${2:+; $2}"
 }
 
 # require_positive_integer NAME: fail unless the variable NAME holds a positive integer.
@@ -136,4 +154,42 @@ report_sizes() {
             fail "$dir/$split.$2 has $source_count lines but $dir/$split.$3 has $target_count"
         log "$split: $source_count sentence pairs"
     done
+}
+
+# train_once SAVE_DIR WRITES COMMAND...: run the fairseq-train COMMAND, its output appended to
+# SAVE_DIR/train.log, unless SAVE_DIR/train.done records the same command; fail unless the run
+# left SAVE_DIR/WRITES (a checkpoint file name), then record the command in train.done. Progress
+# lines name OPTIMIZER.
+train_once() {
+    local save_dir=$1 writes=$2
+    shift 2
+    local done_marker=$save_dir/train.done
+    if [[ -f $done_marker && "$(cat "$done_marker")" == "$*" ]]; then
+        log "skip training $OPTIMIZER: already done (delete $done_marker to train again)"
+        return 0
+    fi
+    mkdir -p "$save_dir"
+    log "training $OPTIMIZER: $*"
+    # fairseq's own --log-file repeats every line once per epoch: copy the output with tee instead
+    PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$@" 2>&1 | tee -a "$save_dir/train.log"
+    [[ -f $save_dir/$writes ]] || fail "fairseq-train wrote no $save_dir/$writes"
+    printf '%s\n' "$*" >"$done_marker.partial"
+    mv "$done_marker.partial" "$done_marker"
+    log "done training $OPTIMIZER: $save_dir"
+}
+
+# ordered_hypotheses GENERATE_OUTPUT: print the hypotheses of fairseq-generate's output (its
+# H-<id> <score> <text> lines) in the test set's order.
+ordered_hypotheses() {
+    awk -F '\t' '/^H-/ { print substr($1, 3) "\t" $3 }' "$1" | sort -t $'\t' -k1,1n | cut -f2
+}
+
+# require_one_hypothesis_per_line HYPOTHESES REFERENCE GENERATE_OUTPUT: fail unless the two files
+# have as many lines.
+require_one_hypothesis_per_line() {
+    local hypotheses references
+    hypotheses=$(wc -l <"$1")
+    references=$(wc -l <"$2")
+    [[ $hypotheses -eq $references ]] ||
+        fail "$3 has $hypotheses hypotheses for the $references lines of $2"
 }

@@ -11,6 +11,7 @@ optimizer state to ``OUT_DIR/rank<RANK>.pt``: fairseq itself saves checkpoints o
 """
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -71,14 +72,15 @@ def free_port() -> int:
 
 
 def run_two_ranks(out_dir, fairseq_args) -> dict:
-    """Train on two torchrun ranks; return ``{rank: saved state}``."""
+    """Train on two torchrun ranks; return ``{rank: saved state, "log": their output}``."""
     out_dir.mkdir()
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
                "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
                __file__, str(out_dir), *map(str, fairseq_args)]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    return {rank: torch.load(out_dir / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)}
+    saved = {rank: torch.load(out_dir / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)}
+    return dict(saved, log=proc.stdout + proc.stderr)
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +147,10 @@ def test_zero_sharding_of_optimizer_state_gives_the_unsharded_result(runs, toy_d
     assert_states_equal(sharded["last_optimizer_state"]["state"], runs["ddp"]["last_optimizer_state"]["state"])
     parts = [len(ranks[r]["optimizer"]["state"]) for r in (0, 1)]
     assert all(parts) and sum(parts) == len(sharded["last_optimizer_state"]["state"])
+    # the logged SAGE statistics read rank 0's shard of the state: with an empty state they would
+    # be those of a first update at every update, whose variation U = |I - Ī_c| is 0 but for rounding
+    logged = {key: [float(v) for v in re.findall(rf"sage_{key}_mean=([-+.e\d]+)", ranks["log"])]
+              for key in ("variation", "sensitivity")}
+    assert len(logged["variation"]) == len(logged["sensitivity"]) == UPDATES, ranks["log"][-3000:]
+    ratios = [u / i for u, i in zip(logged["variation"], logged["sensitivity"])]
+    assert ratios[0] < 1e-5 and all(ratio > 1e-2 for ratio in ratios[1:]), ratios

@@ -2,7 +2,9 @@
 
 import math
 import re
+import zipfile
 
+import numpy as np
 import pytest
 import torch
 
@@ -174,3 +176,26 @@ def test_resume_without_update_epoch_batch_itr_warns(toy_data_bin, tmp_path):
     proc = run_fairseq("train", *train_args(toy_data_bin, tmp_path, "--max-update", "1"))
     assert "--update-epoch-batch-itr True" in proc.stdout + proc.stderr
 
+
+def test_a_checkpoint_trained_with_eval_bleu_loads_and_translates(toy_data_bin, tmp_path):
+    """--eval-bleu keeps numpy arrays (BLEU n-gram counts) in the checkpoint's saved meters."""
+    run_fairseq("train", *train_args(
+        toy_data_bin, tmp_path, "--max-update", "2", "--eval-bleu", "--eval-bleu-args", '{"beam": 1}',
+        "--eval-bleu-print-samples", "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric"))
+    checkpoint = tmp_path / "checkpoint_best.pt"
+    with zipfile.ZipFile(checkpoint) as archive:
+        pickle_name = next(name for name in archive.namelist() if name.endswith("/data.pkl"))
+        assert b"numpy" in archive.read(pickle_name)  # torch alone refuses these globals
+    assert holds_a_numpy_array(load_checkpoint(str(checkpoint))["extra_state"]["metrics"])
+    proc = run_fairseq("generate", toy_data_bin, "--user-dir", USER_DIR, "--path", checkpoint,
+                       "--beam", "5", "--batch-size", "32", "--cpu")
+    assert BLEU_LINE.search(proc.stdout) and proc.stdout.count("\nH-") == 40
+
+
+def holds_a_numpy_array(value) -> bool:
+    """Whether ``value`` is, or contains (in dicts, lists and tuples), a numpy array."""
+    if isinstance(value, np.ndarray):
+        return True
+    if isinstance(value, dict):
+        value = list(value.values())
+    return isinstance(value, (list, tuple)) and any(holds_a_numpy_array(v) for v in value)

@@ -325,7 +325,8 @@ def test_a_full_disk_or_a_kill_leaves_no_half_written_output(tmp_path, on_limit)
     if on_limit == "killed":
         assert proc.returncode == -signal.SIGXFSZ, proc.stderr
     else:
-        assert proc.returncode == 1 and "File too large" in proc.stderr, proc.stderr
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr.strip() == f"error: {output}: File too large; free some disk space and run again"
     assert output.read_text() == "output of an earlier, finished run\n"
     leftovers = sorted(p.name for p in tmp_path.iterdir() if p not in (source, output))
     assert len(leftovers) == (1 if on_limit == "killed" else 0)  # only a killed process cannot clean up

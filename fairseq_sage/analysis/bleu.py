@@ -10,9 +10,9 @@ from torch import nn
 
 __all__ = ["GENERATION_BATCH_MULTIPLE", "translate_subset", "corpus_bleu"]
 
-GENERATION_BATCH_MULTIPLE = 8
-"""Batch sizes are rounded to a multiple of 8, as fairseq-generate does by default: with the same
-``--max-tokens`` both see the same batches and produce the same hypotheses."""
+GENERATION_BATCH_MULTIPLE = 1
+"""No rounding of batch sizes, as the recipes' ``fairseq-generate --required-batch-size-multiple 1``:
+fairseq's default multiple of 8 drops a last batch of fewer than 8 sentences (with ``--batch-size``)."""
 
 
 @torch.no_grad()
@@ -44,6 +44,9 @@ def translate_subset(
                                 extra_symbols_to_ignore=strip),
                 tgt_dict.string(reference, post_process, escape_unk=True, extra_symbols_to_ignore=strip),
             )
+    if len(translations) != len(task.dataset(subset)):
+        raise RuntimeError(f"translated {len(translations)} of the {len(task.dataset(subset))} sentences of "
+                           f"{subset}; the BLEU of a part of a test set is not comparable")
     ordered = [translations[i] for i in sorted(translations)]
     return [h for h, _ in ordered], [r for _, r in ordered]
 

@@ -21,11 +21,8 @@ set -euo pipefail
 RECIPE=iwslt14_de_en
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
-[[ $# -ge 1 && $1 != -* ]] || {
-    echo "usage: bash recipes/iwslt14_de_en/evaluate.sh WORKDIR [FAIRSEQ_GENERATE_FLAGS...]" >&2
-    exit 2
-}
-WORKDIR="$(cd "$1" 2>/dev/null && pwd)" || fail "WORKDIR $1: no such folder"
+check_arguments 1 "bash recipes/iwslt14_de_en/evaluate.sh WORKDIR [FAIRSEQ_GENERATE_FLAGS...]" "$@"
+existing_workdir "$1"
 shift
 OPTIMIZER=${OPTIMIZER:-adam_sage}
 BIN=$WORKDIR/data-bin/iwslt14.tokenized.de-en
@@ -57,11 +54,8 @@ mv "$OUT/generate.out.partial" "$OUT/generate.out"
 tokenized_bleu=$(sed -n 's/^Generate test .*: BLEU4 = \([0-9.]*\),.*/\1/p' "$OUT/generate.out")
 [[ -n $tokenized_bleu ]] || fail "$OUT/generate.out has no 'BLEU4 = ' line"
 
-# H-<id> <score> <text>: sort by sentence id to restore the test-set order
-awk -F '\t' '/^H-/ { print substr($1, 3) "\t" $3 }' "$OUT/generate.out" | sort -t $'\t' -k1,1n | cut -f2 \
-    >"$OUT/hyp.tok.partial"
-[[ $(wc -l <"$OUT/hyp.tok.partial") -eq $(wc -l <"$REFERENCE") ]] ||
-    fail "$OUT/generate.out has $(wc -l <"$OUT/hyp.tok.partial") hypotheses for the $(wc -l <"$REFERENCE") lines of $REFERENCE"
+ordered_hypotheses "$OUT/generate.out" >"$OUT/hyp.tok.partial"
+require_one_hypothesis_per_line "$OUT/hyp.tok.partial" "$REFERENCE" "$OUT/generate.out"
 mv "$OUT/hyp.tok.partial" "$OUT/hyp.tok"
 data_prep moses detokenize --lang en "$OUT/hyp.tok" "$OUT/hyp.detok"
 data_prep moses detokenize --lang en "$REFERENCE" "$OUT/ref.detok"

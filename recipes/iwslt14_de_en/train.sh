@@ -18,11 +18,8 @@ set -euo pipefail
 RECIPE=iwslt14_de_en
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
-[[ $# -ge 1 && $1 != -* ]] || {
-    echo "usage: bash recipes/iwslt14_de_en/train.sh WORKDIR [FAIRSEQ_TRAIN_FLAGS...]" >&2
-    exit 2
-}
-WORKDIR="$(cd "$1" 2>/dev/null && pwd)" || fail "WORKDIR $1: no such folder; run recipes/iwslt14_de_en/prepare.sh $1 first"
+check_arguments 1 "bash recipes/iwslt14_de_en/train.sh WORKDIR [FAIRSEQ_TRAIN_FLAGS...]" "$@"
+existing_workdir "$1" "run recipes/iwslt14_de_en/prepare.sh $1 first"
 shift
 OPTIMIZER=${OPTIMIZER:-adam_sage}
 case $OPTIMIZER in
@@ -35,7 +32,6 @@ BIN=$WORKDIR/data-bin/iwslt14.tokenized.de-en
 SAVE_DIR=$WORKDIR/checkpoints/iwslt14_$OPTIMIZER
 [[ -f $BIN/dict.de.txt && -f $BIN/dict.en.txt ]] ||
     fail "$BIN has no binarized data; run recipes/iwslt14_de_en/prepare.sh $WORKDIR first"
-mkdir -p "$SAVE_DIR"
 
 command=(
     "$PYTHON" -m fairseq_cli.train "$BIN" --user-dir "$REPO_ROOT/fairseq_sage"
@@ -49,15 +45,4 @@ command=(
     --save-dir "$SAVE_DIR" --update-epoch-batch-itr True --log-format simple --log-interval 100
     "$@"
 )
-DONE_MARKER=$SAVE_DIR/train.done
-if [[ -f $DONE_MARKER && "$(cat "$DONE_MARKER")" == "${command[*]}" ]]; then
-    log "skip training $OPTIMIZER: already done (delete $DONE_MARKER to train again)"
-    exit 0
-fi
-log "training $OPTIMIZER: ${command[*]}"
-# fairseq's own --log-file repeats every line once per epoch: copy the output with tee instead
-PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "${command[@]}" 2>&1 | tee -a "$SAVE_DIR/train.log"
-[[ -f $SAVE_DIR/checkpoint_best.pt ]] || fail "fairseq-train wrote no $SAVE_DIR/checkpoint_best.pt"
-printf '%s\n' "${command[*]}" >"$DONE_MARKER.partial"
-mv "$DONE_MARKER.partial" "$DONE_MARKER"
-log "done training $OPTIMIZER: $SAVE_DIR"
+train_once "$SAVE_DIR" checkpoint_best.pt "${command[@]}"

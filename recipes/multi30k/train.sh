@@ -26,11 +26,8 @@ set -euo pipefail
 RECIPE=multi30k
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
-[[ $# -ge 2 && $1 != -* ]] || {
-    echo "usage: bash recipes/multi30k/train.sh WORKDIR adam|adam_sage [FAIRSEQ_TRAIN_FLAGS...]" >&2
-    exit 2
-}
-WORKDIR="$(cd "$1" 2>/dev/null && pwd)" || fail "WORKDIR $1: no such folder; run recipes/multi30k/prepare.sh first"
+check_arguments 2 "bash recipes/multi30k/train.sh WORKDIR adam|adam_sage [FAIRSEQ_TRAIN_FLAGS...]" "$@"
+existing_workdir "$1" "run recipes/multi30k/prepare.sh first"
 OPTIMIZER=$2
 shift 2
 MAX_UPDATE=${MAX_UPDATE:-700}
@@ -76,15 +73,4 @@ command=(
     --log-format simple --log-interval 25
     "$@"
 )
-DONE_MARKER=$SAVE_DIR/train.done
-if [[ -f $DONE_MARKER && "$(cat "$DONE_MARKER")" == "${command[*]}" ]]; then
-    log "skip training $OPTIMIZER: already done (delete $DONE_MARKER to train again)"
-    exit 0
-fi
-log "training $OPTIMIZER: ${command[*]}"
-# fairseq's own --log-file repeats every line once per epoch: copy the output with tee instead
-PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "${command[@]}" 2>&1 | tee -a "$SAVE_DIR/train.log"
-[[ -f $SAVE_DIR/checkpoint_best.pt ]] || fail "fairseq-train wrote no $SAVE_DIR/checkpoint_best.pt"
-printf '%s\n' "${command[*]}" >"$DONE_MARKER.partial"
-mv "$DONE_MARKER.partial" "$DONE_MARKER"
-log "done training $OPTIMIZER: $SAVE_DIR"
+train_once "$SAVE_DIR" checkpoint_best.pt "${command[@]}"

@@ -23,11 +23,8 @@ set -euo pipefail
 RECIPE=wmt16_en_de
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
-[[ $# -ge 1 && $1 != -* ]] || {
-    echo "usage: bash recipes/wmt16_en_de/evaluate.sh WORKDIR [FAIRSEQ_GENERATE_FLAGS...]" >&2
-    exit 2
-}
-WORKDIR="$(cd "$1" 2>/dev/null && pwd)" || fail "WORKDIR $1: no such folder"
+check_arguments 1 "bash recipes/wmt16_en_de/evaluate.sh WORKDIR [FAIRSEQ_GENERATE_FLAGS...]" "$@"
+existing_workdir "$1"
 shift
 OPTIMIZER=${OPTIMIZER:-adam_sage}
 NUM_AVG=${NUM_AVG:-10}
@@ -69,11 +66,8 @@ log "translating newstest2014 with $AVERAGE"
 mv "$OUT/generate.out.partial" "$OUT/generate.out"
 compound_split_bleu=$("$PYTHON" "$RECIPES_DIR/wmt16_en_de/compound_split_bleu.py" "$OUT/generate.out")
 
-# H-<id> <score> <text>: sort by sentence id to restore the test-set order
-awk -F '\t' '/^H-/ { print substr($1, 3) "\t" $3 }' "$OUT/generate.out" | sort -t $'\t' -k1,1n | cut -f2 \
-    >"$OUT/hyp.tok.partial"
-[[ $(wc -l <"$OUT/hyp.tok.partial") -eq $(wc -l <"$REFERENCE") ]] ||
-    fail "$OUT/generate.out has $(wc -l <"$OUT/hyp.tok.partial") hypotheses for the $(wc -l <"$REFERENCE") lines of $REFERENCE"
+ordered_hypotheses "$OUT/generate.out" >"$OUT/hyp.tok.partial"
+require_one_hypothesis_per_line "$OUT/hyp.tok.partial" "$REFERENCE" "$OUT/generate.out"
 mv "$OUT/hyp.tok.partial" "$OUT/hyp.tok"
 data_prep moses detokenize --lang de "$OUT/hyp.tok" "$OUT/hyp.detok"
 sacrebleu=$("$PYTHON" -m sacrebleu "$REFERENCE" --input "$OUT/hyp.detok" --metrics bleu --width 2 --format text)

@@ -23,11 +23,8 @@ set -euo pipefail
 RECIPE=wmt16_en_de
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
-[[ $# -ge 1 && $1 != -* ]] || {
-    echo "usage: bash recipes/wmt16_en_de/train.sh WORKDIR [FAIRSEQ_TRAIN_FLAGS...]" >&2
-    exit 2
-}
-WORKDIR="$(cd "$1" 2>/dev/null && pwd)" || fail "WORKDIR $1: no such folder; run recipes/wmt16_en_de/prepare.sh $1 first"
+check_arguments 1 "bash recipes/wmt16_en_de/train.sh WORKDIR [FAIRSEQ_TRAIN_FLAGS...]" "$@"
+existing_workdir "$1" "run recipes/wmt16_en_de/prepare.sh $1 first"
 shift
 OPTIMIZER=${OPTIMIZER:-adam_sage}
 MAX_EPOCH=${MAX_EPOCH:-40}
@@ -42,7 +39,6 @@ BIN=$WORKDIR/data-bin/wmt16_en_de
 SAVE_DIR=$WORKDIR/checkpoints/wmt16_$OPTIMIZER
 [[ -f $BIN/dict.en.txt && -f $BIN/dict.de.txt ]] ||
     fail "$BIN has no binarized data; run recipes/wmt16_en_de/prepare.sh $WORKDIR first"
-mkdir -p "$SAVE_DIR"
 
 TOKENS_PER_UPDATE=32768
 MAX_TOKENS=4096
@@ -68,15 +64,4 @@ command=(
     --save-dir "$SAVE_DIR" --update-epoch-batch-itr True --log-format simple --log-interval 100
     "$@"
 )
-DONE_MARKER=$SAVE_DIR/train.done
-if [[ -f $DONE_MARKER && "$(cat "$DONE_MARKER")" == "${command[*]}" ]]; then
-    log "skip training $OPTIMIZER: already done (delete $DONE_MARKER to train again)"
-    exit 0
-fi
-log "training $OPTIMIZER: ${command[*]}"
-# fairseq's own --log-file repeats every line once per epoch: copy the output with tee instead
-PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "${command[@]}" 2>&1 | tee -a "$SAVE_DIR/train.log"
-[[ -f $SAVE_DIR/checkpoint_last.pt ]] || fail "fairseq-train wrote no $SAVE_DIR/checkpoint_last.pt"
-printf '%s\n' "${command[*]}" >"$DONE_MARKER.partial"
-mv "$DONE_MARKER.partial" "$DONE_MARKER"
-log "done training $OPTIMIZER: $SAVE_DIR"
+train_once "$SAVE_DIR" checkpoint_last.pt "${command[@]}"

@@ -323,7 +323,7 @@ class Study:
             f"MAX_TOKENS={v('MAX_TOKENS')} \\\n"
             f"    bash recipes/multi30k/train.sh {run} --update-epoch-batch-itr True \\\n    --save-interval-updates {v('SAVE_INTERVAL_UPDATES')} --keep-interval-updates 1 "
             f"--log-interval {v('LOG_INTERVAL')}{flags}",
-            f"bash studies/multi30k/valid_bleu.sh {run}   # the grid runs",
+            f"bash recipes/multi30k/evaluate.sh {run} valid   # the grid runs",
             f"bash recipes/multi30k/evaluate.sh {run}    # every seed of the best settings",
             f"python -m fairseq_sage.analysis {work}/data/data-bin \\\n"
             f"    --path {work}/runs/RUN/checkpoints/OPTIMIZER/checkpoint_best.pt --cpu \\\n"

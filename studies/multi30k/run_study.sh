@@ -216,12 +216,23 @@ train_run() {
     rm -f "$RUN_DIR/checkpoints/$RUN_OPTIMIZER"/checkpoint_[0-9]*_[0-9]*.pt
 }
 
+# score_sets LOG SET...: BLEU of the run's checkpoint_best.pt on the sets (recipes/multi30k/evaluate.sh),
+# scored again even where evaluate.sh would find the scores up to date: the step's marker decides.
+score_sets() {
+    local log_file=$1 name
+    shift
+    for name in "$@"; do
+        rm -f "$RUN_DIR/eval/$RUN_OPTIMIZER/$name.sacrebleu.json"
+    done
+    quietly "$log_file" bash "$RECIPES_DIR/multi30k/evaluate.sh" "$RUN_DIR" "$RUN_OPTIMIZER" "$@"
+}
+
 score_validation() {
-    quietly "$RUN_DIR/logs/valid.out" bash "$STUDY_DIR/valid_bleu.sh" "$RUN_DIR" "$RUN_OPTIMIZER"
+    score_sets "$RUN_DIR/logs/valid.out" valid
 }
 
 score_tests() {
-    quietly "$RUN_DIR/logs/test.out" bash "$RECIPES_DIR/multi30k/evaluate.sh" "$RUN_DIR" "$RUN_OPTIMIZER"
+    score_sets "$RUN_DIR/logs/test.out" test2016 test2017
 }
 
 prune_run() {
