@@ -45,6 +45,8 @@ FAIRSEQ_CHECKPOINT_GLOBALS = [
     numpy.dtype,
     numpy.zeros(0).__reduce__()[0],  # numpy's array constructor (numpy.core or numpy._core)
     numpy.float64(0).__reduce__()[0],  # numpy's scalar constructor
+    # the classes of the boolean and numeric dtypes (numpy.dtypes.Int64DType, ...)
+    *{type(numpy.dtype(code)) for code in "?" + numpy.typecodes["AllInteger"] + numpy.typecodes["AllFloat"]},
 ]
 """Non-tensor classes and constructors that fairseq checkpoints contain: the training arguments
 (``state["args"]``) and, with ``--eval-bleu``, numpy arrays and scalars in the saved meters of

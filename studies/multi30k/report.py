@@ -29,9 +29,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DOC_FIGURES = "figures/multi30k"
 
 # Sizing of the default configuration on a 2-core CPU (see the Design section of the report).
-SECONDS_PER_UPDATE = 0.47  # 253 updates of 2,048 tokens (one epoch) take about 2 minutes
-SECONDS_PER_DECODE = 40  # beam 5 over one set of about 1,000 sentences
-SECONDS_PER_RUN = 30  # start-up, validations and checkpoints of one training run
+# measured with the quickstart (recipes/multi30k/README.md) on an idle 2-core machine
+SECONDS_PER_UPDATE = 0.28  # 700 updates of 2,048 tokens, 3 validations included, in 190-205 s
+SECONDS_PER_DECODE = 10  # beam 5 over one set of about 1,000 sentences, start-up included
+SECONDS_PER_RUN = 5  # start-up and the last checkpoint of one training run
 
 FIGURES = [  # (file, caption)
     ("learning_curves.png", "Train loss (every log line) and validation loss (every validation) of "
@@ -175,16 +176,11 @@ class Study:
             f"a set of about 1,000 sentences ({grid} validation, {len(OPTIMIZERS) * seeds * len(TEST_SETS)} "
             f"test, {len(OPTIMIZERS) * levels} pruning). Estimated on a 2-core CPU: {updates:,} × "
             f"{SECONDS_PER_UPDATE} s + {decodes} × {SECONDS_PER_DECODE} s + {runs} × {SECONDS_PER_RUN} s "
-            f"(start-up, validations, checkpoints) ≈ **{seconds / 3600:.1f} h**. The per-update rate is the "
-            "project's measurement on the idle 2-core machine: an epoch of the recipe's model (253 updates "
-            "of 2,048 tokens) takes about 2 minutes; the decoding and per-run times are allowances. Timed "
-            "for this study on the same machine while other jobs kept it busy (load average ≈ 4.5): "
-            "Adam-SAGE's first 60 updates at 1.6–1.8 s each (≈ 3.6× the idle rate) and one beam-5 pass "
-            "over `val` with that barely trained model in 78 s. To fit about two hours the budget is 600 "
-            "updates (≈ 2.4 epochs) instead of the quickstart's 800, with the study's suggested grid. On "
-            "a busy machine consider `OMP_NUM_THREADS=1`: two threads competing with other jobs can spend "
-            "most of their time waiting (a tiny test model's beam search over 24 sentences took 27 s with "
-            "two threads and 1.4 s with one; not measured for the study's model).\n"
+            f"(start-up) ≈ **{seconds / 3600:.1f} h**. The rates are the Multi30k quickstart's, timed on an "
+            "idle 2-core machine (recipes/multi30k/README.md): 3.7 updates/s with validations, about 10 s "
+            "per beam search. On a machine shared with other jobs the two torch threads of each process "
+            "compete for the cores and a run can take several times longer; `OMP_NUM_THREADS=1` can "
+            "then be faster.\n"
         )
         if self.settings.overridden:
             text += ("  This study overrides " + ", ".join(self.settings.overridden) +
