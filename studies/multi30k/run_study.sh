@@ -21,7 +21,7 @@
 #   flags after -- are appended to every fairseq-train command (e.g. a smaller model)
 #
 # Environment (defaults in brackets):
-#   ADAM_LRS [1e-3 2e-3 4e-3]   SAGE_LRS [2e-3 5e-3 1e-2]   SAGE_BETA0S [0.6 0.8 0.9]   SEEDS [1 2 3]
+#   ADAM_LRS [1e-3 2e-3 4e-3 8e-3]   SAGE_LRS [2e-3 5e-3 1e-2 2e-2]   SAGE_BETA0S [0.6 0.8 0.9]   SEEDS [1 2 3]
 #   MAX_UPDATE [600]  WARMUP_UPDATES [200]  MAX_TOKENS [2048]  updates, warm-up and batch size of a run
 #   SAVE_INTERVAL_UPDATES [100]  checkpoint and validation every N updates (and at each epoch's end)
 #   LOG_INTERVAL [25]            train loss and SAGE statistics every N updates
@@ -49,7 +49,7 @@ FIXED_SETTINGS=(MAX_TRAIN_LINES MAX_TEST_LINES SPM_VOCAB_SIZE MAX_UPDATE WARMUP_
     SAVE_INTERVAL_UPDATES LOG_INTERVAL TRAIN_FLAGS)
 PLAN_SETTINGS=(ADAM_LRS SAGE_LRS SAGE_BETA0S SEEDS PRUNE_LEVELS PRUNE_SUBSET PRUNE_BATCHES)
 declare -A DEFAULTS=(
-    [ADAM_LRS]="1e-3 2e-3 4e-3" [SAGE_LRS]="2e-3 5e-3 1e-2" [SAGE_BETA0S]="0.6 0.8 0.9"
+    [ADAM_LRS]="1e-3 2e-3 4e-3 8e-3" [SAGE_LRS]="2e-3 5e-3 1e-2 2e-2" [SAGE_BETA0S]="0.6 0.8 0.9"
     [SEEDS]="1 2 3" [MAX_UPDATE]=600 [WARMUP_UPDATES]=200 [MAX_TOKENS]=2048
     [SAVE_INTERVAL_UPDATES]=100 [LOG_INTERVAL]=25 [MAX_TRAIN_LINES]=all [MAX_TEST_LINES]=all
     [SPM_VOCAB_SIZE]=8000 [PRUNE_LEVELS]=0,10,20,30,40 [PRUNE_SUBSET]=test [PRUNE_BATCHES]=8
