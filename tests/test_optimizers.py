@@ -121,6 +121,24 @@ def test_first_step_multiplier_is_one_for_zero_weights_and_small_elsewhere():
     assert moved[1].item() == pytest.approx(1e-12, rel=1e-3)
 
 
+@pytest.mark.parametrize("beta0", [0.6, 0.8, 0.9])
+def test_a_sensitivity_spike_raises_the_multiplier_to_at_most_beta0_over_one_minus_beta0(beta0):
+    """With Ī settled at a and a jump to I ≫ a: U = β0·(I − a), Ī = β0·a + (1 − β0)·I, so
+    U/Ī → β0/(1 − β0) from below (docs/results.md explains the grid's divergent runs by it)."""
+    from fairseq_sage.functional import sage_multiplier_
+
+    ema = torch.zeros(3, dtype=torch.float64)
+    param = torch.ones(3, dtype=torch.float64)
+    for step in range(1, 201):  # bias correction has faded: 1 - beta0**200 == 1
+        sage_multiplier_(ema, param, torch.full((3,), 1e-3, dtype=torch.float64), beta0, step, 1e-12)
+    spike = torch.tensor([1e-2, 1.0, 1e3], dtype=torch.float64)
+    multiplier = sage_multiplier_(ema, param, spike, beta0, 201, 1e-12)
+    bound = beta0 / (1 - beta0)
+    expected = beta0 * (spike - 1e-3) / (beta0 * 1e-3 + (1 - beta0) * spike)
+    torch.testing.assert_close(multiplier, expected, rtol=1e-9, atol=0)
+    assert torch.all(multiplier < bound) and multiplier[-1].item() == pytest.approx(bound, rel=1e-4)
+
+
 def fairseq_reference_classes():
     fairseq_optim = pytest.importorskip("fairseq.optim.adam")
     from fairseq.optim.adamax import Adamax

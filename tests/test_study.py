@@ -181,6 +181,16 @@ def test_tables_and_mean_std_match_the_run_files(micro_study):
         valid_losses = [r["loss"] for r in parse_train_log(
             (workdir / "runs" / run / "checkpoints" / optimizer / "train.log").read_text()).valid]
         assert float(rows[run]["best_valid_loss"]) == min(valid_losses)
+        log_text = (workdir / "runs" / run / "checkpoints" / optimizer / "train.log").read_text()
+        trained = float(re.search(r"done training in ([\d.]+) seconds", log_text).group(1))
+        assert trained - 1 <= float(rows[run]["wall_seconds"]) <= trained + 30  # + loading data and model
+    drops = {}
+    for optimizer in ("adam", "adam_sage"):
+        with (workdir / "analysis" / optimizer / "pruning_bleu.csv").open() as handle:
+            curve = {float(r["prune_percent"]): float(r["bleu"]) for r in csv.DictReader(handle)}
+        drops[optimizer] = curve[0.0] - curve[20.0]
+    assert (f"From 0 % to 20 % pruned, Adam loses {drops['adam']:.2f} BLEU and Adam-SAGE "
+            f"{drops['adam_sage']:.2f}.") in markdown
     pruning = {row["prune_percent"]: row["bleu"] for row in summary["pruning"]["adam_sage"]}
     with (workdir / "analysis" / "adam_sage" / "pruning_bleu.csv").open() as handle:
         assert pruning == {float(r["prune_percent"]): float(r["bleu"]) for r in csv.DictReader(handle)}
@@ -249,13 +259,13 @@ def test_plan_writes_the_design_with_every_result_pending(tmp_path):
     assert "report:" in result.stdout
     text = doc.read_text()
     assert "**Results pending: not run yet.**" in text
-    assert "Adam lr ∈ {1e-3, 2e-3, 4e-3}; Adam-SAGE lr ∈ {2e-3, 5e-3, 1e-2} × β0 ∈ {0.6, 0.8, 0.9}" in text
-    assert "16 training runs of 600 updates" in text
+    assert "Adam lr ∈ {1e-3, 2e-3, 4e-3, 8e-3}; Adam-SAGE lr ∈ {2e-3, 5e-3, 1e-2, 2e-2} × β0 ∈ {0.6, 0.8, 0.9}" in text
+    assert "16 grid runs + 2 × 2 more seeds = 20 training runs of 600 updates" in text
     assert f"bash studies/multi30k/run_study.sh {tmp_path / 'work'}\n" in text
     tables = "\n".join(line for line in text.splitlines() if line.startswith("| "))
-    assert tables.count("| pending ") == 12 * 5 + 9  # the grid table and the β0 × lr table
+    assert tables.count("| pending ") == 16 * 5 + 12  # the grid table and the β0 × lr table
     assert not re.search(r"\d\.\d\d", tables)  # no score or loss anywhere
-    assert len(re.findall(r"^- grid run .*: validation BLEU$", text, re.M)) == 12
+    assert len(re.findall(r"^- grid run .*: validation BLEU$", text, re.M)) == 16
     assert not (tmp_path / "work" / "runs").exists()
 
 
@@ -346,3 +356,28 @@ def test_report_states_the_comparison_from_mean_and_standard_error(tmp_path, sag
             f"{statistics.stdev(sage_scores):.2f} |") in text
     assert "Adam-SAGE's best lr is 2.5× Adam's" in text
     assert "**Partial results:**" in text and "- Adam pruning curve" in text  # no pruning was fabricated
+
+
+RESUMED_LOG = """\
+2026-11-22 10:00:00 | INFO | fairseq.tasks.text_to_speech | Please install tensorboardX: pip install tensorboardX
+2026-11-22 10:00:02 | INFO | fairseq_cli.train | {'_name': None, 'common': {}}
+2026-11-22 10:00:40 | INFO | train_inner | epoch 001:     25 / 253 loss=9.5, num_updates=25, lr=0.0001, wall=38
+2026-11-22 10:01:42 | INFO | train_inner | epoch 001:     50 / 253 loss=9.1, num_updates=50, lr=0.0002, wall=100
+Traceback (most recent call last):
+KeyboardInterrupt
+2026-11-22 10:30:00 | INFO | fairseq.tasks.text_to_speech | Please install tensorboardX: pip install tensorboardX
+/site-packages/hydra/compose.py:56: UserWarning:
+2026-11-22 10:30:05 | INFO | fairseq_cli.train | {'_name': None, 'common': {}}
+2026-11-22 10:30:09 | INFO | fairseq.checkpoint_utils | Loaded checkpoint checkpoint_last.pt (epoch 1 @ 50 updates)
+2026-11-22 10:30:40 | INFO | train_inner | epoch 001:     75 / 253 loss=8.8, num_updates=75, lr=0.0003, wall=0
+2026-11-22 10:30:45 | INFO | train | epoch 001 | loss 9.0 | num_updates 75 | wall 0
+2026-11-22 10:30:50 | INFO | fairseq_cli.train | done training in 44.1 seconds
+"""
+
+
+def test_wall_time_of_a_resumed_run_adds_up_its_processes_from_the_log_timestamps():
+    log = parse_train_log(RESUMED_LOG)
+    # 10:00:02 → 10:01:42 and 10:30:05 → 10:30:50; fairseq's own wall meter says 0 after the resume
+    assert log.process_seconds == [100.0, 45.0]
+    assert log.wall_seconds == 145.0
+    assert [r["num_updates"] for r in log.train] == [25, 50, 75] and log.epochs[-1]["wall"] == 0

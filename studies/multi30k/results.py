@@ -45,8 +45,8 @@ class RunResult:
 
     @property
     def wall_seconds(self) -> Optional[float]:
-        """fairseq's cumulative wall time at the last epoch line (training and validation)."""
-        return self.log.epochs[-1].get("wall") if self.log.epochs else None
+        """Wall-clock seconds of the run's fairseq-train processes (:attr:`TrainingLog.wall_seconds`)."""
+        return self.log.wall_seconds if self.log.process_seconds else None
 
     def row(self) -> Dict[str, object]:
         """The run as one flat table row."""

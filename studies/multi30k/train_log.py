@@ -1,15 +1,21 @@
 """The numbers of a fairseq-train log in ``--log-format simple`` (what recipes/multi30k/train.sh
 writes to ``train.log``): the ``train_inner`` lines (every ``--log-interval`` updates), the
-``valid`` lines and the per-epoch ``train`` lines."""
+``valid`` lines, the per-epoch ``train`` lines, and how long each fairseq-train process ran."""
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Dict, List
 
 INNER_LINE = re.compile(r"\| train_inner \| epoch (\d+):\s+\d+ / \d+ (.*)$")
 VALID_LINE = re.compile(r"\| valid \| epoch (\d+) \| valid on 'valid' subset \| (.*)$")
 EPOCH_LINE = re.compile(r"\| train \| epoch (\d+) \| (.*)$")
+# the lines of a running fairseq-train (not those other modules log while it imports, which a
+# resumed run's log would count to the process before it)
+TRAINING_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \| \w+ \| "
+                           r"(fairseq_cli\.train|fairseq\.trainer|fairseq\.checkpoint_utils|train_inner|train|valid) \| ")
+PROCESS_START = re.compile(r"\| fairseq_cli\.train \| \{")  # the configuration fairseq-train logs first
 
 Record = Dict[str, float]
 
@@ -22,6 +28,16 @@ class TrainingLog:
     train: List[Record]  # train_inner lines: loss, lr, sage_* ... averaged since the previous line
     valid: List[Record]  # validations: loss, nll_loss, ... of the whole valid set
     epochs: List[Record]  # end-of-epoch train lines: train_wall, wall (cumulative seconds), ...
+    process_seconds: List[float]  # per fairseq-train process (a resumed run has several): from its
+    # configuration line to its last line
+
+    @property
+    def wall_seconds(self) -> float:
+        """Wall-clock time of all fairseq-train processes of the run, start-up and validations included.
+
+        Read from the log's timestamps, because fairseq's own ``wall`` meter restarts from zero
+        when a run resumes from a checkpoint."""
+        return sum(self.process_seconds)
 
 
 def _fields(pairs: List[List[str]], epoch: str) -> Record:
@@ -39,10 +55,23 @@ def _by_update(records: List[Record]) -> List[Record]:
     return [latest[update] for update in sorted(latest)]
 
 
+def _process_spans(lines: List[str]) -> List[float]:
+    spans: List[List[datetime]] = []
+    for line in lines:
+        if not (stamp := TRAINING_LINE.match(line)):
+            continue
+        time = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S")
+        if PROCESS_START.search(line) or not spans:
+            spans.append([time, time])
+        spans[-1][1] = time
+    return [(last - first).total_seconds() for first, last in spans]
+
+
 def parse_train_log(text: str) -> TrainingLog:
-    """The train_inner, valid and epoch records of a fairseq-train log."""
+    """The train_inner, valid and epoch records of a fairseq-train log, and its processes' durations."""
     train, valid, epochs = [], [], []
-    for line in text.splitlines():
+    lines = text.splitlines()
+    for line in lines:
         if match := INNER_LINE.search(line):
             pairs = [item.split("=", 1) for item in match.group(2).split(", ") if "=" in item]
             train.append(_fields(pairs, match.group(1)))
@@ -52,7 +81,7 @@ def parse_train_log(text: str) -> TrainingLog:
         elif match := EPOCH_LINE.search(line):
             pairs = [item.split(" ", 1) for item in match.group(2).split(" | ") if " " in item]
             epochs.append(_fields(pairs, match.group(1)))
-    return TrainingLog(_by_update(train), _by_update(valid), _by_update(epochs))
+    return TrainingLog(_by_update(train), _by_update(valid), _by_update(epochs), _process_spans(lines))
 
 
 def read_train_log(path: Path) -> TrainingLog:
