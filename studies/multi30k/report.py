@@ -31,7 +31,7 @@ DOC_FIGURES = "figures/multi30k"
 
 # Sizing of the default configuration on a 2-core CPU (see the Design section of the report).
 # measured with the quickstart (recipes/multi30k/README.md) on an idle 2-core machine
-SECONDS_PER_UPDATE = 0.28  # 700 updates of 2,048 tokens, 3 validations included, in 190-205 s
+SECONDS_PER_UPDATE = 0.29  # 700 updates of 2,048 tokens, 3 validations included, in 201-203 s
 SECONDS_PER_DECODE = 10  # beam 5 over one set of about 1,000 sentences, start-up included
 SECONDS_PER_RUN = 5  # start-up and the last checkpoint of one training run
 
@@ -181,7 +181,7 @@ class Study:
             f"test, {len(OPTIMIZERS) * levels} pruning). Estimated on a 2-core CPU: {updates:,} × "
             f"{SECONDS_PER_UPDATE} s + {decodes} × {SECONDS_PER_DECODE} s + {runs} × {SECONDS_PER_RUN} s "
             f"(start-up) ≈ **{seconds / 3600:.1f} h**. The rates are the Multi30k quickstart's, timed on an "
-            "idle 2-core machine (recipes/multi30k/README.md): 3.7 updates/s with validations, about 10 s "
+            "idle 2-core machine (recipes/multi30k/README.md): 3.5 updates/s with validations, about 10 s "
             "per beam search. On a machine shared with other jobs the two torch threads of each process "
             "compete for the cores and a run can take several times longer; `OMP_NUM_THREADS=1` can "
             "then be faster.\n"
@@ -192,8 +192,9 @@ class Study:
         measured = sorted(r.wall_seconds for r in self.results.values() if r.finished and r.wall_seconds)
         if measured:
             text += (f"- **Measured.** {len(measured)} finished runs took {sum(measured) / 3600:.2f} h of "
-                     f"fairseq-train wall time (from its configuration line to its last line, validations included; median {statistics.median(measured):.0f} s, "
-                     f"range {measured[0]:.0f}–{measured[-1]:.0f} s per run).\n")
+                     "fairseq-train wall time (from its configuration line to its last line, validations "
+                     f"included; median {statistics.median(measured):.0f} s, range {measured[0]:.0f}–"
+                     f"{measured[-1]:.0f} s per run).\n")
         return text
 
     def data_sizes(self) -> Dict[str, int]:

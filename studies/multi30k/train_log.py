@@ -33,10 +33,11 @@ class TrainingLog:
 
     @property
     def wall_seconds(self) -> float:
-        """Wall-clock time of all fairseq-train processes of the run, start-up and validations included.
+        """Wall-clock time of all fairseq-train processes of the run, each from its configuration line
+        (after the imports) to its last line: loading, training, validations and checkpoints.
 
-        Read from the log's timestamps, because fairseq's own ``wall`` meter restarts from zero
-        when a run resumes from a checkpoint."""
+        Read from the log's timestamps, because fairseq's own ``wall`` meter reads 0 after a run
+        resumes from a checkpoint."""
         return sum(self.process_seconds)
 
 
