@@ -10,9 +10,9 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["fairseq_sage", "fairseq_sage.*"]),
-    package_data={"fairseq_sage": ["csrc/*.cpp"]},  # the fused CPU kernel, compiled at first use
+    package_data={"fairseq_sage.optim": ["csrc/*.cpp"]},  # the fused CPU kernel, compiled at first use
     install_requires=[
-        "torch>=2.4",
+        "torch>=2.5",
         # fairseq 0.12.2 (the last release) cannot be imported on Python >= 3.11; ve-fairseq is a
         # build of fairseq's main branch with wheels for 3.11 and 3.12. Both provide `import fairseq`.
         'fairseq==0.12.2; python_version < "3.11"',
@@ -29,8 +29,8 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "fairseq-sage-average-checkpoints=fairseq_sage.average_checkpoints:cli_main",
-            "fairseq-sage-analyze=fairseq_sage.analysis.cli:cli_main",
+            "fairseq-sage-average-checkpoints=fairseq_sage.tools.average_checkpoints:cli_main",
+            "fairseq-sage-analyze=fairseq_sage.tools.analysis.cli:cli_main",
         ]
     },
 )

@@ -51,7 +51,7 @@ OPTIMIZER_FLAGS = {
     "adam_sage +diagnostics": ADAM_SAGE,
 }
 """What is compared: adam, adam_sage alone, adam_sage with the statistics of its multipliers
-(:mod:`fairseq_sage.diagnostics`) logged at every log interval, as fairseq-train does by default."""
+(:mod:`fairseq_sage.optim.diagnostics`) logged at every log interval, as fairseq-train does by default."""
 
 TRAIN_INNER = re.compile(r"\| train_inner \| (\{.*\})")
 

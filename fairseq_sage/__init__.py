@@ -1,17 +1,26 @@
 """fairseq-sage: SAGE (sensitivity-guided adaptive learning rate) optimizers for PyTorch and fairseq.
 
-``from fairseq_sage import AdamSAGE, AdamaxSAGE, SGDSAGE`` works without fairseq. Where fairseq is
-installed, importing this package (as ``--user-dir`` does) also registers ``--optimizer adam_sage |
-adamax_sage | sgd_sage`` and lets torch >= 2.6 load fairseq checkpoints safely
-(:mod:`fairseq_sage.checkpoints`).
+The package has three parts:
+
+- :mod:`fairseq_sage.optim`: pure PyTorch (the base-step registry, the SAGE modulation, the optimizer
+  classes and their reference / foreach / fused C++ / compiled implementations). Importing it, or
+  ``from fairseq_sage import AdamSAGE``, imports nothing from fairseq and changes nothing global.
+- :mod:`fairseq_sage.fairseq`: the fairseq plugin (``--optimizer adam_sage | adamax_sage | sgd_sage``,
+  their flags, ``--sage-params``, the diagnostics in training logs, the safe checkpoint loader).
+  ``--user-dir fairseq_sage`` imports this package inside fairseq's CLIs, where fairseq is already
+  imported, and so loads the plugin; a script of its own does ``import fairseq_sage.fairseq``.
+- :mod:`fairseq_sage.tools`: checkpoint averaging and the sensitivity / pruning analysis CLI.
+
+:mod:`fairseq_sage.checkpoints` (safe loading of checkpoint files) and :mod:`fairseq_sage.files`
+(atomic writes) serve all three.
 """
 
-import importlib.util
+import sys
 
-from .optimizers import DEFAULT_SAGE_EPS, AdamaxSAGE, AdamSAGE, SGDSAGE
+from .optim import DEFAULT_SAGE_EPS, AdamaxSAGE, AdamSAGE, SGDSAGE
 
 __all__ = ["AdamSAGE", "AdamaxSAGE", "SGDSAGE", "DEFAULT_SAGE_EPS"]
 __version__ = "0.1.0"
 
-if importlib.util.find_spec("fairseq") is not None:
-    from . import checkpoints, fairseq_optim  # noqa: F401  (registers with fairseq)
+if "fairseq" in sys.modules:  # loaded by fairseq (--user-dir) or after it: register the plugin
+    from . import fairseq  # noqa: F401

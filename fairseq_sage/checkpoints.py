@@ -1,24 +1,17 @@
-"""Loading and writing fairseq checkpoints safely on torch >= 2.6.
+"""Loading and writing checkpoint files safely on torch >= 2.6, without running anything they hold.
 
 torch >= 2.6 unpickles with ``weights_only=True``: only tensors, containers and primitive types,
 plus what is explicitly allow-listed. fairseq checkpoints also hold the training arguments as an
 ``argparse.Namespace`` (``None`` in new checkpoints, set in old ones), and numpy values where
-``--eval-bleu`` was on, so fairseq's own loader fails on them. Importing :mod:`fairseq_sage` (as
-``--user-dir`` does) allow-lists exactly those (:data:`FAIRSEQ_CHECKPOINT_GLOBALS`), so
-``fairseq-generate`` and ``fairseq-train --restore-file`` work while any other global in a
-checkpoint (a malicious payload, say) is still refused before it runs.
-
-Where fairseq is installed, importing this module also hardens fairseq's own checkpoint handling
-(:func:`harden_fairseq_checkpoints`): a checkpoint is verified before fairseq loads it (a damaged
-or refused one stops the run with one ``fairseq-sage: error:`` line), and fairseq's copy of each
-new checkpoint onto ``checkpoint_last.pt`` becomes atomic, so a process killed while saving never
-leaves a half-written ``checkpoint_last.pt`` that the next run would fail to resume from.
+``--eval-bleu`` was on. :func:`load_checkpoint` admits exactly those
+(:data:`FAIRSEQ_CHECKPOINT_GLOBALS`) for the duration of the load; any other global in a
+checkpoint (a malicious payload, say) is refused before it runs. Importing this module changes
+nothing global: the plugin (:mod:`fairseq_sage.fairseq.checkpoints`) is what widens fairseq's own
+loader, once fairseq loads it.
 """
 
 import argparse
 import contextlib
-import functools
-import importlib.util
 import os
 import pickle
 import shutil
@@ -33,8 +26,8 @@ __all__ = [
     "FAIRSEQ_CHECKPOINT_GLOBALS",
     "CheckpointError",
     "copy_atomic",
-    "harden_fairseq_checkpoints",
     "load_checkpoint",
+    "load_failure",
     "save_atomic",
     "verify_checkpoint_file",
 ]
@@ -53,7 +46,6 @@ FAIRSEQ_CHECKPOINT_GLOBALS = [
 ``extra_state["metrics"]`` (the BLEU n-gram counts). numpy rebuilds an array or a scalar from its
 dtype and raw bytes; an object array's elements are unpickled under the same allow-list."""
 
-torch.serialization.add_safe_globals(FAIRSEQ_CHECKPOINT_GLOBALS)
 
 
 class CheckpointError(RuntimeError):
@@ -113,7 +105,8 @@ def verify_checkpoint_file(path: str) -> None:
     if not can_be_searched(path):
         return
     try:
-        unsafe = _unsafe_globals_in(path)
+        with torch.serialization.safe_globals(FAIRSEQ_CHECKPOINT_GLOBALS):
+            unsafe = _unsafe_globals_in(path)
     except (RuntimeError, ValueError, EOFError) as err:  # not a pickle torch.save wrote
         raise _unreadable(path, err) from None
     if unsafe:
@@ -126,7 +119,7 @@ def _unreadable(path: str, err: Exception) -> CheckpointError:
                            f"({lines[0] if lines else type(err).__name__}); {RESTORE_HINT}")
 
 
-def _load_failure(path: str, err: Exception) -> CheckpointError:
+def load_failure(path: str, err: Exception) -> CheckpointError:
     """The CheckpointError for ``torch.load(path, weights_only=True)`` having raised ``err``."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     if isinstance(err, pickle.UnpicklingError) and lines and lines[0].startswith("Weights only load failed"):
@@ -142,9 +135,10 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
     """
     verify_checkpoint_file(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(FAIRSEQ_CHECKPOINT_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # whatever the unpickler met, the file is unusable: say which
-        raise _load_failure(path, err) from None
+        raise load_failure(path, err) from None
 
 
 @contextlib.contextmanager
@@ -173,51 +167,3 @@ def copy_atomic(src_path: str, dst_path: str) -> None:
     """Copy ``src_path`` to a temporary file beside ``dst_path``, then rename it to ``dst_path``."""
     with _replaced_atomically(dst_path) as tmp_path:
         shutil.copyfile(src_path, tmp_path)
-
-
-def harden_fairseq_checkpoints() -> None:
-    """Patch fairseq (once per process) so that its checkpoints are verified and copied atomically.
-
-    - ``fairseq.checkpoint_utils.load_checkpoint_to_cpu``, which ``fairseq-train`` (resuming) and
-      ``fairseq-generate`` use, first runs :func:`verify_checkpoint_file` (and unpickles a
-      checkpoint that cannot be searched, such as torch's pre-1.6 format, once with
-      ``weights_only=True``); a damaged or refused
-      checkpoint stops the program with one ``fairseq-sage: error:`` line naming the file.
-    - ``fairseq.file_io.PathManager.copy``, with which fairseq copies each new checkpoint to
-      ``checkpoint_last.pt`` (and ``checkpoint_best.pt``), uses :func:`copy_atomic` for local files.
-    """
-    from fairseq import checkpoint_utils
-    from fairseq.file_io import PathManager
-
-    if getattr(checkpoint_utils.load_checkpoint_to_cpu, "hardened_by_fairseq_sage", False):
-        return
-    fairseq_load = checkpoint_utils.load_checkpoint_to_cpu
-    fairseq_copy = PathManager.copy
-
-    @functools.wraps(fairseq_load)
-    def load_checkpoint_to_cpu(path, *args, **kwargs):
-        try:
-            if not PathManager.path_requires_pathmanager(path):
-                verify_checkpoint_file(path)
-                if not can_be_searched(path):  # unpickle it safely once, whatever the torch version's
-                    load_checkpoint(path)  # default or TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD would do
-            try:
-                return fairseq_load(path, *args, **kwargs)
-            except (pickle.UnpicklingError, EOFError) as err:
-                raise _load_failure(path, err) from None
-        except CheckpointError as err:
-            raise SystemExit(f"fairseq-sage: error: {err}") from None
-
-    def copy(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
-        if not overwrite or PathManager.path_requires_pathmanager(dst_path):
-            return fairseq_copy(src_path, dst_path, overwrite=overwrite)
-        copy_atomic(src_path, dst_path)
-        return True
-
-    load_checkpoint_to_cpu.hardened_by_fairseq_sage = True
-    checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu
-    PathManager.copy = staticmethod(copy)
-
-
-if importlib.util.find_spec("fairseq") is not None:
-    harden_fairseq_checkpoints()

@@ -10,11 +10,11 @@ import sacrebleu
 import torch
 
 from conftest import REPO, USER_DIR, run_fairseq, train_args
-from fairseq_sage.analysis.cli import (
+from fairseq_sage.tools.analysis.cli import (
     AnalysisError, cli_main, load_model, parse_prune_levels, training_batches,
 )
-from fairseq_sage.analysis.pruning import SensitivityRanking, prunable, prune_
-from fairseq_sage.analysis.sensitivity import average_sensitivity, parameter_type
+from fairseq_sage.tools.analysis.pruning import SensitivityRanking, prunable, prune_
+from fairseq_sage.tools.analysis.sensitivity import average_sensitivity, parameter_type
 
 MAX_TOKENS = 1000
 LEVELS = [0.0, 20.0, 40.0]

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from fairseq_sage.average_checkpoints import (
+from fairseq_sage.tools.average_checkpoints import (
     AveragingError,
     average_checkpoints,
     cli_main,

@@ -12,7 +12,7 @@ import pytest
 from benchmarks import step_memory
 from benchmarks.parameter_shapes import FLAT, TINY, parameter_shapes
 from conftest import REPO
-from fairseq_sage.multi_tensor import CHUNK_ELEMENTS
+from fairseq_sage.optim.multi_tensor import CHUNK_ELEMENTS
 
 
 def test_iwslt_shapes_are_fairseqs_architecture():

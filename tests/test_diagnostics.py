@@ -12,8 +12,8 @@ from omegaconf import OmegaConf
 from conftest import run_fairseq, train_args
 from fairseq_sage import AdamSAGE, SGDSAGE
 from fairseq_sage.checkpoints import load_checkpoint
-from fairseq_sage.diagnostics import next_update_number, sage_statistics
-from fairseq_sage.fairseq_optim import AdamSageConfig, FairseqAdamSAGE
+from fairseq_sage.optim.diagnostics import next_update_number, sage_statistics
+from fairseq_sage.fairseq.optimizers import AdamSageConfig, FairseqAdamSAGE
 
 KEYS = [
     "sage_mult_mean", "sage_mult_p10", "sage_mult_p50", "sage_mult_p90",

@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from conftest import REPO
-from fairseq_sage import AdamaxSAGE, AdamSAGE, SGDSAGE, implementations, multi_tensor
+from fairseq_sage import AdamaxSAGE, AdamSAGE, SGDSAGE
+from fairseq_sage.optim import implementations, multi_tensor
 
 OPTIMIZERS = {
     "adam": (AdamSAGE, dict(lr=3e-3, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.01, beta0=0.8)),

@@ -357,7 +357,7 @@ def test_sage_params_is_refused_where_fairseq_hands_over_float32_copies(precisio
 
 
 def test_sage_params_is_refused_for_weights_flattened_by_fully_sharded_data_parallel():
-    from fairseq_sage.fairseq_optim import sage_param_groups
+    from fairseq_sage.fairseq.params import sage_param_groups
 
     class FlattenedLayer(nn.Module):  # how fairscale's FSDP names the one tensor it makes of a layer
         def __init__(self):

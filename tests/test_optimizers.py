@@ -125,7 +125,7 @@ def test_first_step_multiplier_is_one_for_zero_weights_and_small_elsewhere():
 def test_a_sensitivity_spike_raises_the_multiplier_to_at_most_beta0_over_one_minus_beta0(beta0):
     """With Ī settled at a and a jump to I ≫ a: U = β0·(I − a), Ī = β0·a + (1 − β0)·I, so
     U/Ī → β0/(1 − β0) from below (docs/results.md explains the grid's divergent runs by it)."""
-    from fairseq_sage.functional import sage_multiplier_
+    from fairseq_sage.optim.functional import sage_multiplier_
 
     ema = torch.zeros(3, dtype=torch.float64)
     param = torch.ones(3, dtype=torch.float64)

@@ -5,10 +5,10 @@ minute, vectorised for AVX-512/AVX2 where the CPU has them, threaded with torch'
 and cached in torch's extension directory (``$TORCH_EXTENSIONS_DIR``, by default
 ``~/.cache/torch_extensions``), so later processes load it in about a second. Where it cannot be
 built (no compiler), :func:`load_kernel` raises :class:`KernelUnavailable` and the caller falls
-back to :mod:`fairseq_sage.multi_tensor`.
+back to :mod:`fairseq_sage.optim.multi_tensor`.
 
-Each element goes through the chain of the reference path (:mod:`fairseq_sage.base_steps`,
-:mod:`fairseq_sage.functional`) in float32, in one read and one write of θ, g, the state and Ī;
+Each element goes through the chain of the reference path (:mod:`fairseq_sage.optim.base_steps`,
+:mod:`fairseq_sage.optim.functional`) in float32, in one read and one write of θ, g, the state and Ī;
 the results match the reference path to float32 rounding, not bit for bit (the divisions are
 gathered into one and Ī is multiplied by 1/(1 − β0^t)).
 """

@@ -3,14 +3,12 @@
 The base optimizers' flags are fairseq's own (``--adam-betas``, ``--adam-eps``, ``--adamax-betas``,
 ``--adamax-eps``, ``--no-bias-correction``, ``--momentum``, ``--weight-decay``); SAGE adds
 ``--sage-beta0``, ``--sage-eps`` and ``--sage-params``. Every ``--log-interval`` updates the
-adapters log statistics of the SAGE multipliers (:mod:`fairseq_sage.diagnostics`), unless
+adapters log statistics of the SAGE multipliers (:mod:`fairseq_sage.optim.diagnostics`), unless
 ``--no-sage-diagnostics``.
 """
 
 import ast
-import gc
 import logging
-import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -19,11 +17,12 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
 from fairseq.optim import FairseqOptimizer, register_optimizer
 from omegaconf import II, OmegaConf
-from torch import nn
 
-from .diagnostics import next_update_number, sage_statistics
-from .implementations import IMPLEMENTATIONS
-from .optimizers import DEFAULT_SAGE_EPS, AdamaxSAGE, AdamSAGE, SGDSAGE, check_hyperparameters
+from ..optim.diagnostics import next_update_number, sage_statistics
+from ..optim.implementations import IMPLEMENTATIONS
+from ..optim.optimizers import DEFAULT_SAGE_EPS, AdamaxSAGE, AdamSAGE, SGDSAGE, check_hyperparameters
+from .errors import SageFlagError
+from .params import sage_param_groups
 
 logger = logging.getLogger(__name__)
 
@@ -33,17 +32,6 @@ SAGE_FLAG_NAMES = {
     "beta0": "--sage-beta0",
     "sage_eps": "--sage-eps",
 }
-
-
-FLATTENED_PARAMETER = re.compile(r"(^|\.)flat_param_\w*$")
-"""Name of a parameter that fairscale's FullyShardedDataParallel made of many flattened ones."""
-
-
-class SageFlagError(SystemExit):
-    """A SAGE flag with a value that cannot work: fairseq-train stops with this one line."""
-
-    def __init__(self, message: str):
-        super().__init__(f"fairseq-sage: error: {message}")
 
 
 @dataclass
@@ -114,59 +102,6 @@ def parse_betas(value: Any, flag: str) -> tuple:
     return betas
 
 
-def parameter_names(params: List[nn.Parameter]) -> Dict[int, str]:
-    """Map ``id(p)`` to the name ``p`` has in the live fairseq model (or criterion) that holds it.
-
-    fairseq's trainer hands optimizers bare tensors. Rather than patching the trainer, the modules
-    alive in this process are searched once, read-only, for the root modules holding these tensors;
-    a tensor held by nested roots gets its longest (outermost) name.
-    """
-    wanted = {id(p) for p in params}
-    names: Dict[int, str] = {}
-    for obj in gc.get_objects():
-        if isinstance(obj, nn.Module):
-            for name, param in obj.named_parameters():
-                if id(param) in wanted and len(name) > len(names.get(id(param), "")):
-                    names[id(param)] = name
-    return names
-
-
-def sage_param_groups(params: List[nn.Parameter], pattern: Optional[str]) -> List[dict]:
-    """Split ``params`` into the group that gets SAGE (names matching ``pattern``) and the rest."""
-    params = list(params)
-    if pattern is None:
-        return [{"params": params, "sage": True}]
-    try:
-        regex = re.compile(pattern)
-    except re.error as err:
-        raise SageFlagError(f"--sage-params {pattern!r} is not a valid regular expression ({err}); "
-                            "fix the pattern, e.g. 'encoder|decoder'")
-    names = parameter_names(params)
-    unnamed = [p for p in params if id(p) not in names]
-    if unnamed:
-        raise SageFlagError(
-            f"--sage-params needs parameter names, but {len(unnamed)} parameter(s) given to the "
-            "optimizer belong to no model (with --fp16 or --bf16 fairseq optimizes float32 copies "
-            "of the weights, flattened unless --fp16-no-flatten-grads): use --memory-efficient-fp16 "
-            "(or --memory-efficient-bf16) instead, or drop --sage-params")
-    flattened = sorted(name for name in names.values() if FLATTENED_PARAMETER.search(name))
-    if flattened:
-        raise SageFlagError(
-            f"--sage-params cannot choose among weights that were flattened into one tensor "
-            f"({flattened[0]}, by --ddp-backend fully_sharded): use another --ddp-backend, or drop "
-            "--sage-params")
-    with_sage = [p for p in params if regex.search(names[id(p)])]
-    if not with_sage:
-        examples = ", ".join(sorted(names.values())[:3])
-        raise SageFlagError(f"--sage-params {pattern!r} matches no parameter (names look like "
-                            f"{examples}); fix the pattern or drop the flag")
-    chosen = {id(p) for p in with_sage}
-    without_sage = [p for p in params if id(p) not in chosen]
-    return [{"params": with_sage, "sage": True}] + (
-        [{"params": without_sage, "sage": False}] if without_sage else []
-    )
-
-
 class _FairseqSAGE(FairseqOptimizer):
     """Builds ``optimizer_class`` from the flags, with one group per SAGE switch."""
 
@@ -190,7 +125,7 @@ class _FairseqSAGE(FairseqOptimizer):
     def step(self, closure=None, scale=1.0, groups=None):
         """Take one update; every ``--log-interval`` updates log SAGE statistics first.
 
-        The statistics (:mod:`fairseq_sage.diagnostics`) see the gradients the update will use:
+        The statistics (:mod:`fairseq_sage.optim.diagnostics`) see the gradients the update will use:
         ``scale`` is divided out here, as the base class would do it before stepping.
         """
         if scale != 1.0:

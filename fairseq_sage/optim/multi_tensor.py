@@ -1,6 +1,6 @@
 """Multi-tensor implementations: the reference chain written with ``torch._foreach_*`` over lists.
 
-The chain is the reference path's (:mod:`fairseq_sage.optimizers`): base step -> SAGE multiplier ->
+The chain is the reference path's (:mod:`fairseq_sage.optim.optimizers`): base step -> SAGE multiplier ->
 decoupled weight decay -> apply, in float32 for half-precision parameters. :func:`update_chain_`
 writes it once; two implementations run it:
 

@@ -2,15 +2,15 @@
 
 Each update of a tensor θ with gradient g is a chain of three transformations:
 
-1. the base optimizer's step (:mod:`fairseq_sage.base_steps`): −size · numerator / denominator;
-2. SAGE (:mod:`fairseq_sage.functional`): numerator ← numerator ⊙ (U + ε)/(Ī_c + ε), skipped for
+1. the base optimizer's step (:mod:`fairseq_sage.optim.base_steps`): −size · numerator / denominator;
+2. SAGE (:mod:`fairseq_sage.optim.functional`): numerator ← numerator ⊙ (U + ε)/(Ī_c + ε), skipped for
    parameter groups with ``sage=False`` (which then keep no Ī buffer);
 3. decoupled weight decay θ ← θ − η·λ·θ, then the step is added to θ.
 
 Every hyper-parameter may be set per parameter group. Half-precision parameters are updated
 through a float32 copy, with float32 state, as fairseq's own optimizers do.
 
-``impl`` picks how the chain is computed (:mod:`fairseq_sage.implementations`): the per-tensor
+``impl`` picks how the chain is computed (:mod:`fairseq_sage.optim.implementations`): the per-tensor
 reference written here, or a multi-tensor or fused kernel over all tensors at once; by default
 the fastest that runs on the parameters' device. All give the same state and results within
 float32 rounding.
@@ -76,7 +76,7 @@ class _SAGEOptimizer(torch.optim.Optimizer):
     """A base step (``_init_state``/``_base_step``) modulated element-wise by SAGE.
 
     Besides their hyper-parameters, the optimizers take ``impl`` (see
-    :mod:`fairseq_sage.implementations`; default "auto") and ``check_finite`` (default True: an
+    :mod:`fairseq_sage.optim.implementations`; default "auto") and ``check_finite`` (default True: an
     update whose gradients hold a NaN or an infinity is skipped, see :meth:`step`).
     """
 

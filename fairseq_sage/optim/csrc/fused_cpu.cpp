@@ -2,8 +2,8 @@
 // decay -> apply, for every element of every tensor of a parameter group in a single pass over
 // memory (θ, g, the base optimizer's state and Ī are each read once and written once).
 //
-// fairseq_sage/fused_cpu.py builds this file at first use and documents the arguments; the
-// arithmetic is that of fairseq_sage/base_steps.py and fairseq_sage/functional.py, with the
+// fairseq_sage/optim/fused_cpu.py builds this file at first use and documents the arguments; the
+// arithmetic is that of fairseq_sage/optim/base_steps.py and fairseq_sage/optim/functional.py, with the
 // divisions gathered into one:  θ ← θ − ηλθ − size · (U + ε_s)·num / ((Ī_c + ε_s)·den).
 
 #include <torch/extension.h>

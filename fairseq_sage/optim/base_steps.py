@@ -2,7 +2,7 @@
 
 Each ``*_step`` function advances its optimizer's state by one update for one float32 tensor and
 returns a :class:`BaseStep`; :func:`apply_step_` then changes the weights. SAGE (see
-:mod:`fairseq_sage.functional`) sits between the two: it multiplies ``numerator`` element-wise by
+:mod:`fairseq_sage.optim.functional`) sits between the two: it multiplies ``numerator`` element-wise by
 its learning-rate multiplier. The arithmetic, and its order, is that of fairseq's ``adam`` and
 ``adamax`` and of ``torch.optim.SGD``, so that a parameter group with SAGE switched off gives the
 same bits as those optimizers.

@@ -1,10 +1,10 @@
 """Statistics of the SAGE learning-rate multipliers that the next update will apply, for training logs.
 
-The fairseq adapters (:mod:`fairseq_sage.fairseq_optim`) call :func:`sage_statistics` every
+The fairseq adapters (:mod:`fairseq_sage.fairseq.optimizers`) call :func:`sage_statistics` every
 ``--log-interval`` updates, just before the optimizer steps, and log its result through fairseq's
 metrics, so that ``sage_*`` values appear in the ``train_inner`` lines and in tensorboard.
 
-The multipliers are computed with :func:`fairseq_sage.functional.sage_multiplier_` on a copy of
+The multipliers are computed with :func:`fairseq_sage.optim.functional.sage_multiplier_` on a copy of
 each sensitivity EMA Ī: the optimizer state, the weights and the gradients are left untouched, and
 no random number is drawn from torch's global generator, so training gives the same bits with and
 without these statistics.

@@ -1,4 +1,4 @@
-"""``python -m fairseq_sage.analysis DATA_BIN --path CHECKPOINT``: sensitivity and pruning analysis.
+"""``python -m fairseq_sage.tools.analysis DATA_BIN --path CHECKPOINT``: sensitivity and pruning analysis.
 
 For a trained fairseq translation model it writes, into ``--output-dir``:
 
@@ -193,7 +193,7 @@ def _copy_into(params: Dict[str, torch.Tensor], values: Dict[str, torch.Tensor])
 
 
 def cli_main(argv: Optional[Sequence[str]] = None) -> None:
-    """Entry point of ``fairseq-sage-analyze`` / ``python -m fairseq_sage.analysis``."""
+    """Entry point of ``fairseq-sage-analyze`` / ``python -m fairseq_sage.tools.analysis``."""
     args = get_parser().parse_args(argv)
     try:
         output_dir = run_analysis(args)

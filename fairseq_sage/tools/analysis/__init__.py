@@ -4,5 +4,5 @@
 - :mod:`.pruning`: one-shot pruning of the least sensitive weights;
 - :mod:`.bleu`: BLEU of a model on a data-bin subset (fairseq beam search, sacreBLEU);
 - :mod:`.report`: CSV tables and PNG figures;
-- :mod:`.cli`: ``python -m fairseq_sage.analysis DATA_BIN --path CHECKPOINT`` (``cli_main``).
+- :mod:`.cli`: ``python -m fairseq_sage.tools.analysis DATA_BIN --path CHECKPOINT`` (``cli_main``).
 """

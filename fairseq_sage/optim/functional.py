@@ -13,7 +13,7 @@ element-wise; the scheduled learning rate η(t) is applied on top, as usual.
 
 :func:`sage_multiplier_` is the reference, one tensor at a time; :func:`sage_multiplier_foreach_`
 computes the same with ``torch._foreach_*`` operations over lists of tensors (the multi-tensor and
-compiled implementations, :mod:`fairseq_sage.multi_tensor`).
+compiled implementations, :mod:`fairseq_sage.optim.multi_tensor`).
 
 ε sits in the numerator and the denominator, as in the paper. The authors' released code drops it
 from the numerator, which gives a weight that is exactly 0 (fairseq zero-initialises biases) a

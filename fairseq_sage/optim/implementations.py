@@ -1,9 +1,9 @@
 """Which implementation of the SAGE update runs, and running it.
 
-- ``reference``: one tensor at a time, :mod:`fairseq_sage.base_steps` and
-  :mod:`fairseq_sage.functional` (bit-identical to fairseq's ``adam``/``adamax`` with SAGE off);
-- ``foreach``: eager ``torch._foreach_*`` over lists (:mod:`fairseq_sage.multi_tensor`);
-- ``cpp``: one fused C++ loop per group, CPU only (:mod:`fairseq_sage.fused_cpu`);
+- ``reference``: one tensor at a time, :mod:`fairseq_sage.optim.base_steps` and
+  :mod:`fairseq_sage.optim.functional` (bit-identical to fairseq's ``adam``/``adamax`` with SAGE off);
+- ``foreach``: eager ``torch._foreach_*`` over lists (:mod:`fairseq_sage.optim.multi_tensor`);
+- ``cpp``: one fused C++ loop per group, CPU only (:mod:`fairseq_sage.optim.fused_cpu`);
 - ``compiled``: the foreach chain fused by ``torch.compile`` (Triton kernels on CUDA);
 - ``auto`` (default): ``cpp`` for CPU parameters, ``compiled`` for CUDA ones, ``foreach``
   elsewhere. Where the chosen one cannot be built (no C++ compiler, no Triton) ``auto`` logs one

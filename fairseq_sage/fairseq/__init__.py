@@ -1,0 +1,14 @@
+"""The fairseq plugin: importing this package registers the SAGE optimizers with fairseq and
+hardens fairseq's checkpoint handling (:mod:`.checkpoints`).
+
+- :mod:`.optimizers`: ``--optimizer adam_sage | adamax_sage | sgd_sage``, their flags and the
+  diagnostics hook that logs ``sage_*`` statistics every ``--log-interval`` updates;
+- :mod:`.params`: parameter names in fairseq's trainer and the groups ``--sage-params`` chooses;
+- :mod:`.checkpoints`: the allow-list for fairseq's loader, verified loads, atomic copies;
+- :mod:`.errors`: the one-line error for a flag the plugin cannot work with.
+
+``--user-dir fairseq_sage`` imports it (through :mod:`fairseq_sage`); elsewhere,
+``import fairseq_sage.fairseq`` before building fairseq's trainer does the same.
+"""
+
+from . import checkpoints, optimizers  # noqa: F401  (registration happens on import)

@@ -1,0 +1,75 @@
+"""The plugin's hold on fairseq's checkpoint handling, applied when fairseq loads the plugin.
+
+- torch >= 2.6 unpickles with ``weights_only=True``, and fairseq's loader fails on fairseq's own
+  checkpoints (``argparse.Namespace``, numpy values of ``--eval-bleu`` meters): the classes of
+  :data:`fairseq_sage.checkpoints.FAIRSEQ_CHECKPOINT_GLOBALS`, and only those, are allow-listed
+  for the whole process, so that ``fairseq-generate``, ``fairseq-interactive`` and
+  ``fairseq-train --restore-file`` work while any other global in a checkpoint is refused.
+- :func:`harden_fairseq_checkpoints` makes fairseq verify every checkpoint before loading it and
+  copy each new checkpoint onto ``checkpoint_last.pt`` atomically.
+"""
+
+import functools
+import pickle
+
+import torch
+
+from ..checkpoints import (
+    FAIRSEQ_CHECKPOINT_GLOBALS,
+    CheckpointError,
+    can_be_searched,
+    copy_atomic,
+    load_checkpoint,
+    load_failure,
+    verify_checkpoint_file,
+)
+
+__all__ = ["harden_fairseq_checkpoints"]
+
+
+def harden_fairseq_checkpoints() -> None:
+    """Patch fairseq (once per process) so that its checkpoints are verified and copied atomically.
+
+    - ``fairseq.checkpoint_utils.load_checkpoint_to_cpu``, which ``fairseq-train`` (resuming) and
+      ``fairseq-generate`` use, first runs :func:`verify_checkpoint_file` (and unpickles a
+      checkpoint that cannot be searched, such as torch's pre-1.6 format, once with
+      ``weights_only=True``); a damaged or refused
+      checkpoint stops the program with one ``fairseq-sage: error:`` line naming the file.
+    - ``fairseq.file_io.PathManager.copy``, with which fairseq copies each new checkpoint to
+      ``checkpoint_last.pt`` (and ``checkpoint_best.pt``), uses :func:`copy_atomic` for local files.
+    """
+    from fairseq import checkpoint_utils
+    from fairseq.file_io import PathManager
+
+    if getattr(checkpoint_utils.load_checkpoint_to_cpu, "hardened_by_fairseq_sage", False):
+        return
+    fairseq_load = checkpoint_utils.load_checkpoint_to_cpu
+    fairseq_copy = PathManager.copy
+
+    @functools.wraps(fairseq_load)
+    def load_checkpoint_to_cpu(path, *args, **kwargs):
+        try:
+            if not PathManager.path_requires_pathmanager(path):
+                verify_checkpoint_file(path)
+                if not can_be_searched(path):  # unpickle it safely once, whatever the torch version's
+                    load_checkpoint(path)  # default or TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD would do
+            try:
+                return fairseq_load(path, *args, **kwargs)
+            except (pickle.UnpicklingError, EOFError) as err:
+                raise load_failure(path, err) from None
+        except CheckpointError as err:
+            raise SystemExit(f"fairseq-sage: error: {err}") from None
+
+    def copy(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
+        if not overwrite or PathManager.path_requires_pathmanager(dst_path):
+            return fairseq_copy(src_path, dst_path, overwrite=overwrite)
+        copy_atomic(src_path, dst_path)
+        return True
+
+    load_checkpoint_to_cpu.hardened_by_fairseq_sage = True
+    checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu
+    PathManager.copy = staticmethod(copy)
+
+
+torch.serialization.add_safe_globals(FAIRSEQ_CHECKPOINT_GLOBALS)
+harden_fairseq_checkpoints()

@@ -1,0 +1,5 @@
+"""``python -m fairseq_sage.analysis``: see :mod:`fairseq_sage.tools.analysis.cli`."""
+
+from .cli import cli_main
+
+cli_main()
