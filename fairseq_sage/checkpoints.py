@@ -48,6 +48,19 @@ dtype and raw bytes; an object array's elements are unpickled under the same all
 
 
 
+@contextlib.contextmanager
+def allowed_fairseq_globals() -> Iterator[None]:
+    """:data:`FAIRSEQ_CHECKPOINT_GLOBALS` allowed for ``weights_only`` loads within the block.
+
+    torch's ``safe_globals`` removes its globals when the block ends, even those allowed for the
+    whole process before it (as the fairseq plugin does), so only the ones not yet allowed are
+    passed to it.
+    """
+    allowed = torch.serialization.get_safe_globals()
+    with torch.serialization.safe_globals([g for g in FAIRSEQ_CHECKPOINT_GLOBALS if g not in allowed]):
+        yield
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, damaged or unsafe to load."""
 
@@ -105,7 +118,7 @@ def verify_checkpoint_file(path: str) -> None:
     if not can_be_searched(path):
         return
     try:
-        with torch.serialization.safe_globals(FAIRSEQ_CHECKPOINT_GLOBALS):
+        with allowed_fairseq_globals():
             unsafe = _unsafe_globals_in(path)
     except (RuntimeError, ValueError, EOFError) as err:  # not a pickle torch.save wrote
         raise _unreadable(path, err) from None
@@ -135,7 +148,7 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
     """
     verify_checkpoint_file(path)
     try:
-        with torch.serialization.safe_globals(FAIRSEQ_CHECKPOINT_GLOBALS):
+        with allowed_fairseq_globals():
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # whatever the unpickler met, the file is unusable: say which
         raise load_failure(path, err) from None

@@ -14,7 +14,8 @@ only is one clear error.
 
 fairseq's own optimizers tell :class:`~fairseq_sage.optim.wrapper.SAGE` how they decay weights
 (:data:`fairseq_sage.optim.wrapper.DECAY_RULES`): ``adam``, ``adamax`` and ``nag`` decouple it
-(θ·(1 − η·λ)), ``adafactor`` too with its own relative step size; ``sgd`` and ``adagrad`` add λ·θ
+(θ·(1 − η·λ)), ``adafactor`` too (with its relative step size ρ where it has one, λ·ρ; with
+``--scale-parameter`` and a weight decay it is refused); ``sgd`` and ``adagrad`` add λ·θ
 to the gradient. ``--zero-sharding os`` rebuilds the optimizer from its class and is refused.
 """
 
@@ -23,11 +24,12 @@ import importlib.util
 from typing import List, Optional
 
 from fairseq.dataclass.utils import gen_parser_from_dataclass
-from fairseq.optim import OPTIMIZER_REGISTRY, build_optimizer, register_optimizer
+from fairseq.optim import OPTIMIZER_DATACLASS_REGISTRY, OPTIMIZER_REGISTRY, build_optimizer, register_optimizer
 from fairseq.optim.adafactor import Adafactor
 from fairseq.optim.adam import Adam
 from fairseq.optim.adamax import Adamax
 from fairseq.optim.nag import NAG
+from omegaconf import OmegaConf
 
 from ..optim.wrapper import SAGE, DecayRule, check_sage_hyperparameters, decoupled, register_decay_rule
 from .errors import SageFlagError
@@ -51,8 +53,8 @@ def adafactor_unsupported(group: dict) -> Optional[str]:
     """With --scale-parameter and no --relative-step, fairseq's Adafactor multiplies the group's
     lr by each parameter's RMS in turn, so the decay of one parameter depends on all before it."""
     if group["weight_decay"] and group["scale_parameter"] and not group["relative_step"]:
-        return ("with --scale-parameter and no --relative-step its weight decay cannot be separated "
-                "from its update; add --relative-step, drop --scale-parameter, or set --weight-decay 0")
+        return ("with --scale-parameter its weight decay cannot be separated from its update "
+                "(fairseq-train cannot add --relative-step); drop --scale-parameter or set --weight-decay 0")
     return None
 
 
@@ -107,8 +109,9 @@ def base_flags(name: str, parser) -> set:
     return flags.dests
 
 
-def base_config(cfg: argparse.Namespace, name: str) -> argparse.Namespace:
-    """The Namespace fairseq's optimizer ``name`` is built from: its own defaults, the flags given.
+def base_config(cfg: argparse.Namespace, name: str):
+    """The config fairseq's optimizer ``name`` is built from: its own defaults, the flags given;
+    a DictConfig of its dataclass where it has one, else an argparse Namespace.
 
     A flag given that only other bases have is refused (SageFlagError).
     """
@@ -123,7 +126,11 @@ def base_config(cfg: argparse.Namespace, name: str) -> argparse.Namespace:
         raise SageFlagError(f"{flag} is not a flag of --sage-base {name}; drop it or choose the base it belongs to")
     config = argparse.Namespace(**dict(vars(defaults), **vars(cfg)))
     config.optimizer = name
-    return config
+    if name not in OPTIMIZER_DATACLASS_REGISTRY:
+        return config
+    structured = OPTIMIZER_DATACLASS_REGISTRY[name].from_namespace(config)
+    structured._name = name
+    return OmegaConf.structured(structured)  # as fairseq hands it over (betas as a list, say)
 
 
 @register_optimizer("sage")
