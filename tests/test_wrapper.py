@@ -314,3 +314,15 @@ def test_a_copy_continues_like_the_original_and_independently(duplicate):
     run_optimizer(clone, clone_params, [g[4:] for g in grads])
     for p, q, r in zip(params, clone_params, frozen):
         assert torch.equal(p, q) and torch.equal(p, r)
+
+
+def test_the_overhead_benchmark_prints_a_row_per_optimizer(capsys):
+    from benchmarks import wrapper_overhead
+
+    wrapper_overhead.main(["--arch", "tiny", "--warmup", "1", "--repeats", "2"])
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "ms" not in line]
+    by_name = {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows}
+    assert list(by_name) == ["Adafactor", "SAGE(Adafactor)", "Adam", "SAGE(Adam)"]
+    for base in ("Adafactor", "Adam"):
+        assert by_name[base][1] == "1.00"
+        assert float(by_name[f"SAGE({base})"][2]) == pytest.approx(float(by_name[base][2]) + 4, abs=0.02), "Ī: 4 bytes"
