@@ -1,10 +1,10 @@
 """The settings of a study, as ``run_study.sh`` records them in ``WORKDIR/study.env``."""
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Tuple
+
+from fairseq_sage.files import write_atomic
 
 SETTINGS_FILE = "study.env"
 
@@ -69,17 +69,9 @@ def read_settings(workdir: Path) -> StudySettings:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
+    """Write ``data`` to ``path`` atomically (:func:`fairseq_sage.files.write_atomic`), creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as tmp:
-            tmp.write(data)
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
-    except BaseException:
-        os.unlink(tmp_name)
-        raise
+    write_atomic(path, data)
 
 
 def write_if_changed(path: Path, text: str) -> bool:
