@@ -101,7 +101,7 @@ COPY_UNDER_A_SIZE_LIMIT = """
 import resource, signal, sys
 source, destination, limit, on_limit, hardened = sys.argv[1:]
 if hardened == "yes":
-    import fairseq_sage  # what --user-dir does
+    import fairseq_sage.fairseq  # the plugin, which --user-dir loads
 from fairseq.file_io import PathManager
 # Python ignores SIGXFSZ, so that a write past the limit fails like a write to a full disk
 if on_limit == "killed":

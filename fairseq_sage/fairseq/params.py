@@ -35,7 +35,7 @@ def parameter_names(params: List[nn.Parameter]) -> Dict[int, str]:
     wanted = {id(p) for p in params}
     names: Dict[int, str] = {}
     for obj in gc.get_objects():
-        if isinstance(obj, nn.Module):
+        if issubclass(type(obj), nn.Module):  # not isinstance(): it raises on a dead weakref.proxy
             for name, param in obj.named_parameters():
                 if id(param) in wanted and len(name) > len(names.get(id(param), "")):
                     names[id(param)] = name
