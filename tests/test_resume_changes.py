@@ -93,6 +93,23 @@ def test_state_moves_with_its_weight_when_sage_params_chooses_others(caplog):
     assert after["v_proj.weight"]["sensitivity_ema"].abs().sum() > 0
 
 
+def test_the_fairseq_optimizer_survives_deepcopy():
+    """(``pickle`` of it fails on fairseq's configuration, whose ``ChoiceEnum`` classes are made at run time.)"""
+    model, optimizer = trained("--sage-params", "k_proj", "--sage-beta0", "0.6")
+    copied = copy.deepcopy(optimizer)
+    assert type(copied) is type(optimizer) and copied.cfg.sage_beta0 == 0.6
+    assert copied.optimizer.check_finite is False and copied.param_groups[0]["param_names"] == ["k_proj.weight",
+                                                                                                "k_proj.bias"]
+    copied_params = [p for group in copied.param_groups for p in group["params"]]
+    for param, copy_ in zip([p for group in optimizer.param_groups for p in group["params"]], copied_params):
+        param.grad = torch.full_like(param, 0.1)
+        copy_.grad = torch.full_like(copy_, 0.1)
+    optimizer.step()
+    copied.step()
+    for a, b in zip([p for group in optimizer.param_groups for p in group["params"]], copied_params):
+        assert torch.equal(a, b)
+
+
 def adam_sage_step(theta, grad, state, lr, betas, eps, beta0, sage_eps):
     """One Adam-SAGE update (no weight decay) from ``state`` (step t − 1 done), by its equations."""
     t = state["step"] + 1

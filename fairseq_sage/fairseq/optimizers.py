@@ -147,6 +147,12 @@ class _FairseqSAGE(FairseqOptimizer):
                 "--update-epoch-batch-itr True (without it fairseq groups sentences into batches "
                 "with a seed taken from the epoch at which the process started)")
 
+    def __getstate__(self) -> dict:
+        """The whole adapter, for ``copy.deepcopy`` (fairseq's ``FairseqOptimizer`` returns its torch
+        optimizer's state only, whose copy has no ``optimizer`` to step). ``pickle`` still fails on
+        fairseq's configuration, whose ``ChoiceEnum`` classes are made at run time."""
+        return dict(self.__dict__)
+
     @property
     def _flags(self) -> Dict[str, str]:
         """Group keyword -> the flag that sets it (``beta0`` -> ``--sage-beta0``)."""
