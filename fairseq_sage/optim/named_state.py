@@ -48,12 +48,10 @@ def align_by_name(state_dict: dict, groups: Sequence[dict]) -> dict:
     current_names = [name for names in current for name in names]
     unknown = [name for name in current_names if name not in saved_index]
     left_over = sorted(set(saved_index) - set(current_names))
-    if unknown or left_over:
-        raise ValueError(
-            "the saved optimizer state is for other parameters ("
-            + "; ".join(filter(None, [unknown and f"it has no {_listed(unknown)}",
-                                      left_over and f"it has {_listed(left_over)}, unknown here"]))
-            + ")")
+    problems = ([f"it has no {_listed(unknown)}"] if unknown else []) + (
+        [f"it has {_listed(left_over)}, unknown here"] if left_over else [])
+    if problems:
+        raise ValueError(f"the saved optimizer state is for other parameters ({'; '.join(problems)})")
     state, aligned_groups, start = {}, [], 0
     for group, names in zip(groups, current):
         positions = list(range(start, start + len(names)))
