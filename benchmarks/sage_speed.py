@@ -30,6 +30,7 @@ import torch
 
 from benchmarks import step_memory, step_timing, train_speed
 from benchmarks.parameter_shapes import ARCHITECTURES, parameter_shapes
+from fairseq_sage.files import write_atomic
 
 IMPLEMENTATIONS = ("reference", "foreach", "cpp", "compiled")
 HYPER = dict(lr=5e-4, betas=(0.9, 0.98), eps=1e-8, weight_decay=1e-4)
@@ -123,9 +124,7 @@ def measure_training(args) -> dict:
 
 def write_json_atomically(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-        json.dump(data, handle, indent=1)
-    os.replace(handle.name, path)
+    write_atomic(path, json.dumps(data, indent=1))
 
 
 def parse_args(argv=None):

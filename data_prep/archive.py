@@ -12,15 +12,14 @@ writes ``DEST_DIR/MEMBER`` for every MEMBER, or fails naming the missing ones.
 """
 
 import argparse
-import os
 import shutil
 import sys
 import tarfile
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from data_prep.cli import DataPrepError, run_main
+from fairseq_sage.files import replaced_atomically
 
 
 def _normalized(name: str) -> str:
@@ -54,14 +53,8 @@ def extract_members(archive: Path, destination: Path, members: Sequence[str]) ->
 
 def _write_atomically(source, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with open(handle, "wb") as output:
-            shutil.copyfileobj(source, output, length=1 << 20)
-        os.replace(temporary, target)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    with replaced_atomically(target) as temporary, open(temporary, "wb") as output:
+        shutil.copyfileobj(source, output, length=1 << 20)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -22,7 +22,6 @@ an unset environment variable straight through.
 import argparse
 import hashlib
 import http.client
-import os
 import re
 import shutil
 import sys
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from data_prep.cli import DataPrepError, run_main
+from fairseq_sage.files import replace
 
 CHUNK_BYTES = 1 << 20
 TIMEOUT_SECONDS = 60
@@ -80,7 +80,7 @@ def fetch(url: str, dest: Path, sha256: Optional[str] = None, override: Optional
                     f"{source}: sha256 is {actual}, expected {expected} twice in a row; "
                     "check the checksum or use another copy of the file"
                 )
-    os.replace(partial, dest)
+    replace(partial, dest)
     _log(f"{dest}: downloaded from {source}")
     return dest
 

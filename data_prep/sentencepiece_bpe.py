@@ -21,6 +21,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 import sentencepiece as spm
 
 from data_prep.cli import DataPrepError, run_main
+from fairseq_sage.files import replace
 
 
 def train(inputs: Sequence[os.PathLike], model_prefix: str, vocab_size: int,
@@ -53,7 +54,7 @@ def train(inputs: Sequence[os.PathLike], model_prefix: str, vocab_size: int,
         except RuntimeError as error:
             raise DataPrepError(f"sentencepiece training failed: {error}; check --inputs and --vocab-size") from None
         for suffix in (".vocab", ".model"):  # the .model last: its presence marks completion
-            os.replace(f"{tmp_prefix}{suffix}", f"{prefix}{suffix}")
+            replace(f"{tmp_prefix}{suffix}", f"{prefix}{suffix}")
     return Path(f"{prefix}.model")
 
 

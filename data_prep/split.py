@@ -9,6 +9,7 @@ CLI::
 """
 
 import argparse
+import os
 import sys
 from typing import Iterable, List, Optional, Sequence, Tuple
 
@@ -30,10 +31,25 @@ def split_every_nth(lines: Iterable[str], every: int = 23) -> Tuple[List[str], L
     return train, valid
 
 
+def _same_file(a: str, b: str) -> bool:
+    """Whether the paths ``a`` and ``b`` name one file (the same path, a link to it, a hard link)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+
+
 def split_file(input_path: str, train_path: str, valid_path: str, every: int = 23) -> Tuple[int, int]:
-    """Split the lines of ``input_path`` into two files atomically; return (train lines, valid lines)."""
+    """Split the lines of ``input_path`` into two files atomically; return (train lines, valid lines).
+
+    The three paths must name three files: an output that is the other output, or the input, would
+    lose lines when it is renamed into place."""
     if every < 1:
         raise DataPrepError(f"--every {every}: must be a positive line stride")
+    for (name_a, a), (name_b, b) in [(("TRAIN_OUTPUT", train_path), ("VALID_OUTPUT", valid_path)),
+                                     (("INPUT", input_path), ("TRAIN_OUTPUT", train_path)),
+                                     (("INPUT", input_path), ("VALID_OUTPUT", valid_path))]:
+        if _same_file(str(a), str(b)):
+            raise DataPrepError(f"{name_a} and {name_b} are one file ({b}); give three different paths")
     counts = [0, 0]
     with atomic_output(train_path) as train, atomic_output(valid_path) as valid:
         for number, line in enumerate(read_lines(input_path), start=1):

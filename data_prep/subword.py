@@ -38,11 +38,26 @@ METHODS = ("bpe", "sentencepiece")
 SENTENCEPIECE_MODULE = "data_prep.sentencepiece_bpe"
 
 
+def check_training_files(train_files: Sequence[PathLike]) -> None:
+    """Raise DataPrepError naming the first of ``train_files`` that holds no text (empty, or only
+    white space): a subword model cannot be learnt from it."""
+    for path in train_files:
+        with open(path, "rb") as data:
+            if not any(chunk.strip() for chunk in iter(lambda: data.read(1 << 16), b"")):
+                raise DataPrepError(f"{path}: no text to learn subwords from (the file is empty or blank); "
+                                    "check the training files")
+
+
 def learn_joint_bpe(train_files: Sequence[PathLike], codes_path: PathLike, merges: int) -> None:
     """Learn ``merges`` BPE merges on the concatenated ``train_files``; write them to ``codes_path``."""
+    check_training_files(train_files)
     with contextlib.ExitStack() as stack, atomic_output(codes_path) as codes:
         lines = itertools.chain.from_iterable(stack.enter_context(open_lines(path)) for path in train_files)
-        learn_bpe(lines, codes, merges)
+        try:
+            learn_bpe(lines, codes, merges)
+        except ValueError as error:  # subword-nmt's max() of no pair counts: words of one character only
+            raise DataPrepError(f"{', '.join(map(str, train_files))}: subword-nmt found nothing to merge "
+                                f"({error}); check the training files") from None
 
 
 @functools.lru_cache(maxsize=None)
@@ -78,6 +93,7 @@ def _run_sentencepiece(arguments: List[str], stdin=None, stdout=None) -> None:
 
 def learn_joint_sentencepiece(train_files: Sequence[PathLike], model_prefix: PathLike, vocab_size: int) -> None:
     """Train one sentencepiece model on ``train_files``; it is written to ``model_prefix.model``."""
+    check_training_files(train_files)
     files = [str(path) for path in train_files]
     _run_sentencepiece(["train", "--inputs", *files, "--model-prefix", str(model_prefix), "--vocab-size", str(vocab_size)])
 

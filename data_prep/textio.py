@@ -10,11 +10,11 @@ import contextlib
 import errno
 import io
 import multiprocessing
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TextIO, Union
+
+from fairseq_sage.files import replaced_atomically
 
 PathLike = Union[str, Path]
 STDIO = "-"
@@ -57,8 +57,9 @@ def atomic_output(path: PathLike) -> Iterator[TextIO]:
     """Text file handle whose content replaces ``path`` only when the block succeeds.
 
     Writes to a temporary file in the same folder and renames it over ``path`` at the
-    end, so a reader never sees a half-written file; on error the temporary file is
-    removed and ``path`` is left as it was. ``-`` writes to standard output directly.
+    end (:func:`fairseq_sage.files.replaced_atomically`: the file gets a plain ``open``'s
+    permissions), so a reader never sees a half-written file; on error the temporary file
+    is removed and ``path`` is left as it was. ``-`` writes to standard output directly.
     """
     if str(path) == STDIO:
         stdout = io.TextIOWrapper(sys.stdout.buffer, encoding=ENCODING, errors=ERRORS, newline="\n")
@@ -70,14 +71,12 @@ def atomic_output(path: PathLike) -> Iterator[TextIO]:
         return
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
-        with open(handle, "w", encoding=ENCODING, errors=ERRORS, newline="\n") as output:
-            yield output
-        os.replace(temporary, target)
-    except BaseException as error:
-        os.unlink(temporary)
-        if isinstance(error, OSError) and error.errno in OUT_OF_SPACE and error.filename is None:
+        with replaced_atomically(target) as temporary:
+            with open(temporary, "w", encoding=ENCODING, errors=ERRORS, newline="\n") as output:
+                yield output
+    except OSError as error:
+        if error.errno in OUT_OF_SPACE and error.filename is None:
             error.filename = str(target)  # a failed write() does not say which file it was writing
         raise
 

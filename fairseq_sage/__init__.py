@@ -12,15 +12,27 @@ The package has three parts:
 - :mod:`fairseq_sage.tools`: checkpoint averaging and the sensitivity / pruning analysis CLI.
 
 :mod:`fairseq_sage.checkpoints` (safe loading of checkpoint files) and :mod:`fairseq_sage.files`
-(atomic writes) serve all three.
+(atomic writes) serve all three. The optimizer classes are imported at their first use, so that
+``import fairseq_sage.files`` (which ``data_prep`` does) does not import torch.
 """
 
 import sys
 
-from .optim import DEFAULT_SAGE_EPS, SAGE, AdamaxSAGE, AdamSAGE, SGDSAGE
-
 __all__ = ["AdamSAGE", "AdamaxSAGE", "SGDSAGE", "SAGE", "DEFAULT_SAGE_EPS"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from . import optim
+
+        return getattr(optim, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
 
 if "fairseq" in sys.modules:  # loaded by fairseq (--user-dir) or after it: register the plugin
     from . import fairseq  # noqa: F401

@@ -5,7 +5,9 @@ plus what is explicitly allow-listed. fairseq checkpoints also hold the training
 ``argparse.Namespace`` (``None`` in new checkpoints, set in old ones), and numpy values where
 ``--eval-bleu`` was on. :func:`load_checkpoint` admits exactly those
 (:data:`FAIRSEQ_CHECKPOINT_GLOBALS`) for the duration of the load; any other global in a
-checkpoint (a malicious payload, say) is refused before it runs. Importing this module changes
+checkpoint (a malicious payload, say) is refused before it runs. A pickle of primitive types can
+still carry code as a *string* of the configuration, which fairseq would later ``eval()``: such a
+checkpoint is refused too (:mod:`fairseq_sage.config_code`). Importing this module changes
 nothing global: the plugin (:mod:`fairseq_sage.fairseq.checkpoints`) is what widens fairseq's own
 loader, once fairseq loads it.
 """
@@ -15,16 +17,19 @@ import contextlib
 import os
 import pickle
 import shutil
-import tempfile
 import zipfile
-from typing import Any, Dict, Iterator
+from typing import Any, Dict
 
 import numpy
 import torch
 
+from .config_code import find_code
+from .files import replaced_atomically
+
 __all__ = [
     "FAIRSEQ_CHECKPOINT_GLOBALS",
     "CheckpointError",
+    "check_checkpoint",
     "copy_atomic",
     "load_checkpoint",
     "load_failure",
@@ -45,7 +50,6 @@ FAIRSEQ_CHECKPOINT_GLOBALS = [
 (``state["args"]``) and, with ``--eval-bleu``, numpy arrays and scalars in the saved meters of
 ``extra_state["metrics"]`` (the BLEU n-gram counts). numpy rebuilds an array or a scalar from its
 dtype and raw bytes; an object array's elements are unpickled under the same allow-list."""
-
 
 
 def fairseq_globals_allowed() -> contextlib.AbstractContextManager:
@@ -87,9 +91,12 @@ def can_be_searched(path: str) -> bool:
     return _unsafe_globals_in is not None and is_zip_checkpoint(path)
 
 
+TRUST_HINT = "only load checkpoints you trust"
+
+
 def _refusal(path: str, what: str) -> CheckpointError:
     return CheckpointError(f"{path}: refused to load, it holds objects that a fairseq checkpoint does not "
-                           f"({what}); only load checkpoints you trust")
+                           f"({what}); {TRUST_HINT}")
 
 
 def verify_checkpoint_file(path: str) -> None:
@@ -138,37 +145,43 @@ def load_failure(path: str, err: Exception) -> CheckpointError:
     return _unreadable(path, err)
 
 
+def _unpickle(path: str, read_tensors: bool) -> Dict[str, Any]:
+    """``torch.load(path)`` onto the CPU with ``weights_only=True`` and our allow-list, after
+    :func:`verify_checkpoint_file`; then refuse a configuration that holds code. Without
+    ``read_tensors``, a zip checkpoint's tensors are memory-mapped (not read) instead."""
+    verify_checkpoint_file(path)
+    mmap = not read_tensors and is_zip_checkpoint(path)
+    try:
+        with fairseq_globals_allowed():
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:  # whatever the unpickler met, the file is unusable: say which
+        raise load_failure(path, err) from None
+    field = find_code(state)
+    if field is not None:
+        raise CheckpointError(f"{path}: refused to load, {field} holds code, not a value; {TRUST_HINT}")
+    return state
+
+
 def load_checkpoint(path: str) -> Dict[str, Any]:
     """Load a fairseq checkpoint onto the CPU with ``weights_only=True`` and the allow-list above.
 
-    The file is verified first (:func:`verify_checkpoint_file`); any failure is a CheckpointError
-    whose one-line message names the file.
+    The file is verified first (:func:`verify_checkpoint_file`), and a checkpoint whose
+    configuration (``cfg``, ``args``) holds a string that is code rather than a value
+    (:func:`fairseq_sage.config_code.is_code`) is refused; any failure is a CheckpointError whose
+    one-line message names the file (and the field).
     """
-    verify_checkpoint_file(path)
-    try:
-        with fairseq_globals_allowed():
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # whatever the unpickler met, the file is unusable: say which
-        raise load_failure(path, err) from None
+    return _unpickle(path, read_tensors=True)
 
 
-@contextlib.contextmanager
-def _replaced_atomically(path: str) -> Iterator[str]:
-    """Yield a temporary path beside ``path``; rename it over ``path`` on success, delete it on failure."""
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    os.close(handle)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    except BaseException:
-        os.unlink(tmp_path)
-        raise
+def check_checkpoint(path: str) -> None:
+    """Raise what :func:`load_checkpoint` would raise, reading as little as possible: a zip
+    checkpoint's tensors are memory-mapped rather than read (its CRCs are still checked)."""
+    _unpickle(path, read_tensors=False)
 
 
 def save_atomic(obj: Any, path: str) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename: ``path`` is never half-written."""
-    with _replaced_atomically(path) as tmp_path, open(tmp_path, "wb") as tmp:
+    with replaced_atomically(path) as tmp_path, open(tmp_path, "wb") as tmp:
         torch.save(obj, tmp)
         tmp.flush()
         os.fsync(tmp.fileno())
@@ -176,5 +189,5 @@ def save_atomic(obj: Any, path: str) -> None:
 
 def copy_atomic(src_path: str, dst_path: str) -> None:
     """Copy ``src_path`` to a temporary file beside ``dst_path``, then rename it to ``dst_path``."""
-    with _replaced_atomically(dst_path) as tmp_path:
+    with replaced_atomically(dst_path) as tmp_path:
         shutil.copyfile(src_path, tmp_path)

@@ -159,6 +159,30 @@ def test_mismatched_keys_and_missing_checkpoints_are_errors(tmp_path, capsys):
     assert "gone.pt does not exist" in capsys.readouterr().err
 
 
+def test_an_output_that_is_a_folder_is_one_error_line(tmp_path, capsys):
+    good = save(fake_checkpoint(torch.zeros(2, 2), torch.zeros(2), 1), tmp_path / "good.pt")
+    folder = tmp_path / "averaged"
+    folder.mkdir()
+    assert cli_main(["--inputs", str(good), "--output", str(folder)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"fairseq-sage-average-checkpoints: error: --output {folder} is a directory; "
+        "give the path of the file to write")
+    assert not any(folder.iterdir())
+
+
+def test_a_checkpoint_given_twice_is_an_error(tmp_path, capsys):
+    """Also under another name (a hard link): it would weigh twice in the mean."""
+    first = save(fake_checkpoint(torch.zeros(2, 2), torch.zeros(2), 1), tmp_path / "c1.pt")
+    second = save(fake_checkpoint(torch.ones(2, 2), torch.zeros(2), 2), tmp_path / "c2.pt")
+    (tmp_path / "again.pt").hardlink_to(first)
+    for inputs, alias in (([first, second, first], ""), ([first, second, tmp_path / "again.pt"], f" (also as {first})")):
+        assert cli_main(["--inputs", *map(str, inputs), "--output", str(tmp_path / "avg.pt")]) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            f"fairseq-sage-average-checkpoints: error: checkpoint {inputs[2]} is given twice{alias}; "
+            "give each checkpoint once")
+    assert not (tmp_path / "avg.pt").exists()
+
+
 def test_cli_module_entry_point(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "fairseq_sage.average_checkpoints", "--inputs", str(tmp_path),

@@ -178,6 +178,24 @@ def test_split_file(tmp_path):
         split.split_file(tmp_path / "all", tmp_path / "t", tmp_path / "v", every=0)
 
 
+def test_split_refuses_outputs_that_are_one_file(tmp_path):
+    """Renaming two outputs onto one path would keep only one of them: lines would be lost, silently."""
+    source = tmp_path / "all"
+    source.write_text("".join(f"{n}\n" for n in range(1, 8)))
+    (tmp_path / "link").symlink_to(tmp_path / "same")
+    cases = {  # (train, valid): the two paths named, the path shown
+        ("same", "same"): ("TRAIN_OUTPUT and VALID_OUTPUT", "same"),
+        ("same", "link"): ("TRAIN_OUTPUT and VALID_OUTPUT", "link"),
+        ("all", "valid"): ("INPUT and TRAIN_OUTPUT", "all"),
+    }
+    for (train, valid), (names, shown) in cases.items():
+        result = run_module("split", "--every", "3", source, tmp_path / train, tmp_path / valid)
+        assert result.returncode == 1
+        assert result.stderr.strip() == f"error: {names} are one file ({tmp_path / shown}); give three different paths"
+    assert source.read_text() == "".join(f"{n}\n" for n in range(1, 8))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all", "link"]
+
+
 # --- IWSLT and SGM extraction -----------------------------------------------------------------------
 
 
@@ -301,6 +319,19 @@ def test_joint_bpe_learn_and_apply(tmp_path):
     assert [re.sub(r"@@( |$)", "", line) for line in segmented] == ["die kleinsten hunde", "", "läuft ."]
     with pytest.raises(DataPrepError, match="no such BPE codes file"):
         subword.apply_bpe_file(tmp_path / "nothing", tmp_path / "in", tmp_path / "out")
+
+
+@pytest.mark.parametrize("method", ["bpe", "sentencepiece"])
+@pytest.mark.parametrize("content", ["", " \n\n"], ids=["empty", "blank"])
+def test_learning_from_a_file_without_text_stops_with_one_line(tmp_path, method, content):
+    train_files = toy_corpus(tmp_path)
+    train_files[1].write_text(content)
+    result = run_module("subword", "learn", "--method", method, "--size", "10", "--model", tmp_path / "model",
+                        *train_files)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"error: {train_files[1]}: no text to learn subwords from (the file is empty "
+                                     "or blank); check the training files")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.de", "train.en"]
 
 
 def test_sentencepiece_method_learns_and_encodes(tmp_path):

@@ -115,6 +115,7 @@ def test_sage_params_selects_parameters_by_name(toy_data_bin, tmp_path):
     "flags, message",
     [
         (["--sage-beta0", "1.5"], "--sage-beta0 must be in [0, 1)"),
+        (["--sage-eps", "inf"], "--sage-eps must be finite, got inf; change the flag"),
         (["--sage-params", "no_such_parameter"], "--sage-params 'no_such_parameter' matches no parameter"),
     ],
 )
@@ -134,7 +135,15 @@ def test_bad_flags_fail_with_one_line_before_writing(toy_data_bin, tmp_path, fla
         ({"sage_beta0": -0.2}, "--sage-beta0 must be in [0, 1)"),
         ({"lr": [-0.001]}, "--lr must be >= 0"),
         ({"adam_eps": -1e-8}, "--adam-eps must be >= 0"),
-        ({"sage_eps": -1.0}, "--sage-eps must be >= 0"),
+        ({"sage_eps": -1.0}, "--sage-eps must be > 0"),
+        ({"sage_eps": 0.0}, "--sage-eps must be > 0"),
+        ({"lr": [float("inf")]}, "--lr must be finite, got inf"),
+        ({"adam_eps": float("nan")}, "--adam-eps must be finite, got nan"),
+        ({"weight_decay": float("inf")}, "--weight-decay must be finite, got inf"),
+        ({"sage_beta0": float("nan")}, "--sage-beta0 must be finite, got nan"),
+        ({"adam_betas": "(0.9, inf)"}, "--adam-betas must be a pair like '(0.9, 0.98)'"),
+        ({"adam_betas": "(0.9, 1e999)"}, "--adam-betas must be finite, got inf"),
+        ({"_name": "sgd_sage", "momentum": float("inf")}, "--momentum must be finite, got inf"),
         ({"adam_betas": "(0.9, 1.2)"}, "--adam-betas must be in [0, 1)"),
         ({"adam_betas": "0.9"}, "--adam-betas must be a pair"),
         ({"sage_params": "(weight"}, "--sage-params '(weight' is not a valid regular expression"),
@@ -145,6 +154,8 @@ def test_bad_flags_fail_with_one_line_before_writing(toy_data_bin, tmp_path, fla
 def test_bad_flag_values_are_named_in_the_error(config, message):
     from fairseq import optim
     from omegaconf import OmegaConf
+
+    import fairseq_sage.fairseq  # noqa: F401  (registers the SAGE optimizers, also when this test runs alone)
 
     cfg = OmegaConf.create(dict({"_name": "adam_sage", "lr": [1e-3]}, **config))
     with pytest.raises(SystemExit, match=re.escape(f"fairseq-sage: error: {message}")):

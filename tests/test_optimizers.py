@@ -1,7 +1,9 @@
 """The torch optimizers against plain re-implementations of the equations, written here."""
 
+import copy
 import io
 import math
+import pickle
 import re
 
 import pytest
@@ -240,8 +242,12 @@ def test_half_precision_parameters_use_float32_state():
         (dict(beta0=-0.1), "beta0 must be in [0, 1)"),
         (dict(lr=-1e-3), "lr must be >= 0"),
         (dict(eps=-1.0), "eps must be >= 0"),
-        (dict(sage_eps=-1e-8), "sage_eps must be >= 0"),
+        (dict(sage_eps=-1e-8), "sage_eps must be > 0"),
+        (dict(sage_eps=0.0), "sage_eps must be > 0"),  # (0 + 0)/(0 + 0) for a zero weight
         (dict(betas=(0.9, 1.0)), "betas must be in [0, 1)"),
+        (dict(betas=(0.9,)), "betas must be a pair (beta1, beta2), got (0.9,)"),
+        (dict(betas=0.9), "betas must be a pair (beta1, beta2), got 0.9"),
+        (dict(lr="1e-3"), "lr must be a number, got '1e-3'"),
     ],
 )
 def test_invalid_hyperparameters(kwargs, message):
@@ -249,10 +255,101 @@ def test_invalid_hyperparameters(kwargs, message):
         AdamSAGE([torch.nn.Parameter(torch.zeros(2))], **kwargs)
 
 
+NON_FINITE = [float("inf"), -float("inf"), float("nan")]
+
+
+@pytest.mark.parametrize("bad", NON_FINITE, ids=["inf", "-inf", "nan"])
+@pytest.mark.parametrize("kind, key", [
+    ("adam", "lr"), ("adam", "eps"), ("adam", "weight_decay"), ("adam", "beta0"), ("adam", "sage_eps"),
+    ("adam", "betas"), ("adamax", "eps"), ("adamax", "betas"), ("sgd", "momentum"), ("sgd", "lr"),
+])
+def test_non_finite_hyperparameters_are_refused(kind, key, bad):
+    cls, hp = HYPER[kind]
+    value = (0.9, bad) if key == "betas" else bad
+    with pytest.raises(ValueError, match=rf"^{key} must be (finite, got|in \[0, 1\)|>= 0|> 0)"):
+        cls([torch.nn.Parameter(torch.zeros(2))], **dict(hp, **{key: value}))
+
+
 def test_invalid_hyperparameter_in_a_later_group():
-    optimizer = SGDSAGE([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+    param = torch.nn.Parameter(torch.zeros(2))
+    optimizer = SGDSAGE([param], lr=0.1)
+    rejected = torch.nn.Parameter(torch.ones(2))
     with pytest.raises(ValueError, match="momentum"):
-        optimizer.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "momentum": 1.5})
+        optimizer.add_param_group({"params": [rejected], "momentum": 1.5})
+    assert len(optimizer.param_groups) == 1, "the refused group is not kept"
+    param.grad, rejected.grad = torch.ones(2), torch.ones(2)
+    optimizer.step()
+    assert torch.equal(rejected.detach(), torch.ones(2)) and rejected not in optimizer.state
+
+
+def test_complex_parameters_are_refused_with_the_fix():
+    with pytest.raises(ValueError, match=re.escape("AdamSAGE does not support complex parameters (got one of dtype "
+                                                   "torch.complex64); optimize torch.view_as_real(param) instead")):
+        AdamSAGE([torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2, dtype=torch.complex64))])
+
+
+def test_a_sparse_gradient_changes_nothing():
+    dense, sparse = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
+    optimizer = AdamSAGE([dense, sparse], lr=0.1)
+    dense.grad, sparse.grad = torch.ones(3), torch.ones(3).to_sparse()
+    with pytest.raises(RuntimeError, match="AdamSAGE does not support sparse gradients"):
+        optimizer.step()
+    assert not optimizer.state, "no step count advanced, no state created"
+    assert torch.equal(dense.detach(), torch.ones(3))
+
+
+def round_trips():
+    def saved_and_loaded(optimizer):
+        buffer = io.BytesIO()
+        torch.save(optimizer, buffer)
+        buffer.seek(0)
+        return torch.load(buffer, weights_only=False)
+
+    return {"deepcopy": copy.deepcopy, "pickle": lambda o: pickle.loads(pickle.dumps(o)),
+            "torch.save": saved_and_loaded}
+
+
+@pytest.mark.parametrize("how", sorted(round_trips()))
+@pytest.mark.parametrize("kind", sorted(HYPER))
+def test_a_copied_optimizer_continues_as_the_original(kind, how):
+    """The copy holds the state and every setting, also those outside ``defaults`` (impl, check_finite)."""
+    cls, hp = HYPER[kind]
+    torch.manual_seed(4)
+    params = [torch.nn.Parameter(torch.randn(s)) for s in SHAPES]
+    optimizer = cls(params, **hp, impl="foreach", check_finite=False)
+    grads = [gradient_sequence(s, torch.float32, steps=6, seed=i) for i, s in enumerate(SHAPES)]
+    run_optimizer(optimizer, params, [g[:3] for g in grads])
+    copied = round_trips()[how](optimizer)
+    copied_params = [p for group in copied.param_groups for p in group["params"]]
+    assert copied.impl == "foreach" and copied.check_finite is False
+    assert copied.state[copied_params[0]]["step"] == 3
+    run_optimizer(optimizer, params, [g[3:] for g in grads])
+    run_optimizer(copied, copied_params, [g[3:] for g in grads])
+    for a, b in zip(params, copied_params):
+        assert torch.equal(a, b)
+
+
+def test_named_parameters_are_recorded_and_state_follows_its_name_into_other_groups():
+    torch.manual_seed(5)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
+    optimizer = AdamSAGE(model.named_parameters(), lr=1e-2)
+    for _ in range(2):
+        optimizer.zero_grad()
+        model(torch.randn(4, 3)).sum().backward()
+        optimizer.step()
+    saved = optimizer.state_dict()
+    assert saved["param_groups"][0]["param_names"] == ["0.weight", "0.bias", "1.weight", "1.bias"]
+    named = dict(model.named_parameters())
+    regrouped = AdamSAGE([{"params": [("1.weight", named["1.weight"]), ("1.bias", named["1.bias"])], "sage": False},
+                          {"params": [("0.weight", named["0.weight"]), ("0.bias", named["0.bias"])]}], lr=1e-2)
+    regrouped.load_state_dict(saved)
+    for name, param in named.items():
+        original = optimizer.state[param]
+        assert torch.equal(regrouped.state[param]["exp_avg"], original["exp_avg"]), name
+        assert ("sensitivity_ema" in regrouped.state[param]) == name.startswith("0."), name
+    assert regrouped.param_groups[0]["sage"] is False  # each group keeps its own settings
+    with pytest.raises(ValueError, match=r"the saved optimizer state is for other parameters \(it has no 2\.weight"):
+        AdamSAGE([("2.weight", named["0.weight"])]).load_state_dict(saved)
 
 
 def test_closure_is_called_and_its_loss_returned():

@@ -5,8 +5,9 @@
   :data:`fairseq_sage.checkpoints.FAIRSEQ_CHECKPOINT_GLOBALS`, and only those, are allow-listed
   for the whole process, so that ``fairseq-generate``, ``fairseq-interactive`` and
   ``fairseq-train --restore-file`` work while any other global in a checkpoint is refused.
-- :func:`harden_fairseq_checkpoints` makes fairseq verify every checkpoint before loading it and
-  copy each new checkpoint onto ``checkpoint_last.pt`` atomically.
+- :func:`harden_fairseq_checkpoints` makes fairseq verify every checkpoint before loading it
+  (damaged files, foreign pickle globals, configuration strings that are code) and copy each new
+  checkpoint onto ``checkpoint_last.pt`` atomically.
 """
 
 import functools
@@ -14,15 +15,7 @@ import pickle
 
 import torch
 
-from ..checkpoints import (
-    FAIRSEQ_CHECKPOINT_GLOBALS,
-    CheckpointError,
-    can_be_searched,
-    copy_atomic,
-    load_checkpoint,
-    load_failure,
-    verify_checkpoint_file,
-)
+from ..checkpoints import FAIRSEQ_CHECKPOINT_GLOBALS, CheckpointError, check_checkpoint, copy_atomic, load_failure
 
 __all__ = ["harden_fairseq_checkpoints"]
 
@@ -30,11 +23,13 @@ __all__ = ["harden_fairseq_checkpoints"]
 def harden_fairseq_checkpoints() -> None:
     """Patch fairseq (once per process) so that its checkpoints are verified and copied atomically.
 
-    - ``fairseq.checkpoint_utils.load_checkpoint_to_cpu``, which ``fairseq-train`` (resuming) and
-      ``fairseq-generate`` use, first runs :func:`verify_checkpoint_file` (and unpickles a
-      checkpoint that cannot be searched, such as torch's pre-1.6 format, once with
-      ``weights_only=True``); a damaged or refused
-      checkpoint stops the program with one ``fairseq-sage: error:`` line naming the file.
+    - ``fairseq.checkpoint_utils.load_checkpoint_to_cpu``, which ``fairseq-train`` (resuming),
+      ``fairseq-generate``, ``fairseq-interactive`` and the analysis CLI use, first runs
+      :func:`fairseq_sage.checkpoints.check_checkpoint`: the file is verified and unpickled with
+      ``weights_only=True`` (its tensors memory-mapped, not read), and its configuration searched
+      for strings that are code, before fairseq's loader (whose caller evaluates some of those
+      strings) sees it; a damaged or refused checkpoint stops the program with one
+      ``fairseq-sage: error:`` line naming the file.
     - ``fairseq.file_io.PathManager.copy``, with which fairseq copies each new checkpoint to
       ``checkpoint_last.pt`` (and ``checkpoint_best.pt``), uses :func:`copy_atomic` for local files.
     """
@@ -50,9 +45,7 @@ def harden_fairseq_checkpoints() -> None:
     def load_checkpoint_to_cpu(path, *args, **kwargs):
         try:
             if not PathManager.path_requires_pathmanager(path):
-                verify_checkpoint_file(path)
-                if not can_be_searched(path):  # unpickle it safely once, whatever the torch version's
-                    load_checkpoint(path)  # default or TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD would do
+                check_checkpoint(path)  # safely, whatever torch's default or TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD
             try:
                 return fairseq_load(path, *args, **kwargs)
             except (pickle.UnpicklingError, EOFError) as err:

@@ -5,6 +5,11 @@ The base optimizers' flags are fairseq's own (``--adam-betas``, ``--adam-eps``, 
 ``--sage-beta0``, ``--sage-eps`` and ``--sage-params``. Every ``--log-interval`` updates the
 adapters log statistics of the SAGE multipliers (:mod:`fairseq_sage.optim.diagnostics`), unless
 ``--no-sage-diagnostics``.
+
+A resumed run (:meth:`_FairseqSAGE.load_state_dict`) runs with the hyper-parameters of its command
+line, as fairseq does for ``--lr``, and logs each one that differs from the checkpoint's optimizer
+state (``sage_beta0 0.8 -> 0.3``); each weight's state moves with its name, also when
+``--sage-params`` now chooses other weights.
 """
 
 import ast
@@ -20,6 +25,7 @@ from omegaconf import II, OmegaConf
 
 from ..optim.diagnostics import next_update_number, sage_statistics
 from ..optim.implementations import IMPLEMENTATIONS
+from ..optim.named_state import align_by_name, group_names
 from ..optim.optimizers import DEFAULT_SAGE_EPS, AdamaxSAGE, AdamSAGE, SGDSAGE, check_hyperparameters
 from .errors import SageFlagError
 from .params import sage_param_groups
@@ -32,6 +38,12 @@ SAGE_FLAG_NAMES = {
     "beta0": "--sage-beta0",
     "sage_eps": "--sage-eps",
 }
+
+NOT_RESUMED = ("lr", "impl", "check_finite")
+"""Settings of ``optimizer_config`` that a resumed run does not write into the loaded groups: the
+lr scheduler sets ``lr`` at every update, the others are not group values."""
+
+RESET_HINT = "resume with --reset-optimizer (the weights are kept, the optimizer state starts afresh)"
 
 
 @dataclass
@@ -100,6 +112,19 @@ def config_value(cfg, key: str, default: Any) -> Any:
     return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
 
 
+def _sage_names(groups: List[dict]) -> Optional[set]:
+    """The names of the parameters of ``groups`` that get SAGE (None if the groups name none)."""
+    names = group_names(groups)
+    if names is None:
+        return None
+    return {name for group, in_group in zip(groups, names) if group["sage"] for name in in_group}
+
+
+def _shown(value: Any) -> str:
+    """A hyper-parameter as the log shows it: ``(0.9, 0.98)``, ``0.8``."""
+    return str(tuple(value)) if isinstance(value, (list, tuple)) else str(value)
+
+
 def parse_betas(value: Any, flag: str) -> tuple:
     """fairseq's betas flag, a string like '(0.9, 0.98)' or a list, as a pair of floats."""
     if OmegaConf.is_config(value):
@@ -132,10 +157,81 @@ class _FairseqSAGE(FairseqOptimizer):
         """The torch optimizer: ``optimizer_class`` with the flags' values, one group per SAGE switch."""
         config = self.optimizer_config
         try:
-            check_hyperparameters(config, dict(SAGE_FLAG_NAMES, **self.flag_names))
+            check_hyperparameters(config, self._flags)
         except ValueError as err:
             raise SageFlagError(f"{err}; change the flag")
         return self.optimizer_class(sage_param_groups(params, self.cfg.sage_params), **config)
+
+    def __getstate__(self) -> dict:
+        """The whole adapter, for ``copy.deepcopy`` (fairseq's ``FairseqOptimizer`` returns its torch
+        optimizer's state only, whose copy has no ``optimizer`` to step). ``pickle`` still fails on
+        fairseq's configuration, whose ``ChoiceEnum`` classes are made at run time."""
+        return dict(self.__dict__)
+
+    @property
+    def _flags(self) -> Dict[str, str]:
+        """Group keyword -> the flag that sets it (``beta0`` -> ``--sage-beta0``)."""
+        return dict(SAGE_FLAG_NAMES, **self.flag_names)
+
+    def load_state_dict(self, state_dict, optimizer_overrides=None):
+        """Load a checkpoint's optimizer state, keeping this run's hyper-parameters.
+
+        - Each weight's state moves with its name (the groups name their parameters; see
+          :func:`~fairseq_sage.optim.named_state.align_by_name`): a weight that ``--sage-params``
+          now gives SAGE starts with Ī = 0, one it no longer gives SAGE drops its Ī. A checkpoint
+          without names (written before names were recorded) is loaded by position, which needs
+          groups of the same sizes.
+        - The hyper-parameters of the command line replace the checkpoint's (``--lr`` is the lr
+          scheduler's, as in fairseq); each one that changed is logged, so that the new
+          checkpoint's configuration is what ran. ``--optimizer-overrides`` applies last.
+        """
+        groups = self.optimizer.param_groups
+        try:
+            self.optimizer.load_state_dict(align_by_name(state_dict, groups))
+        except ValueError as err:
+            raise SageFlagError(f"cannot resume from the checkpoint's optimizer state: "
+                                f"{self._mismatch(err, state_dict, groups)}") from None
+        self._log_regrouping(state_dict["param_groups"])
+        settings = {k: v for k, v in self.optimizer_config.items() if k not in NOT_RESUMED}
+        saved = state_dict["param_groups"][0] if state_dict["param_groups"] else {}
+        for key, value in settings.items():
+            if key in saved and _shown(saved[key]) != _shown(value):
+                name = self._flags.get(key, f"--{key}")[2:].replace("-", "_")
+                logger.info("fairseq-sage: resumed with %s %s -> %s (the command line's value)",
+                            name, _shown(saved[key]), _shown(value))
+        for group in self._all_groups():
+            group.update(settings)
+            group.update(optimizer_overrides or {})
+            try:
+                check_hyperparameters(group, self._flags)
+            except ValueError as err:
+                raise SageFlagError(f"--optimizer-overrides {optimizer_overrides!r}: {err}") from None
+        self._local_optimizer.complete_state()
+
+    def _all_groups(self) -> List[dict]:
+        """The groups that hold hyper-parameters: the optimizer's and, under ``--zero-sharding os``,
+        also those of the optimizer of this rank's shard."""
+        local = self._local_optimizer
+        return list(self.optimizer.param_groups) + (list(local.param_groups) if local is not self.optimizer else [])
+
+    def _mismatch(self, err: ValueError, state_dict: dict, groups: List[dict]) -> str:
+        """Why ``state_dict`` does not fit ``groups``, and the fix, for the one-line error."""
+        if group_names(state_dict["param_groups"]) is not None:
+            return f"{err}; {RESET_HINT}"
+        sizes = [len(g["params"]) for g in state_dict["param_groups"]]
+        return (f"it names no parameters (an older fairseq-sage wrote it) and its groups hold {sizes} "
+                f"parameters, this run's (--sage-params {self.cfg.sage_params!r}) "
+                f"{[len(g['params']) for g in groups]}; resume with the --sage-params of the "
+                f"checkpoint's run, or {RESET_HINT}")
+
+    def _log_regrouping(self, saved_groups: List[dict]) -> None:
+        """Log how many weights gain or lose SAGE because ``--sage-params`` now chooses others."""
+        before, after = _sage_names(saved_groups), _sage_names(self.optimizer.param_groups)
+        if before is not None and after is not None and before != after:
+            logger.info("fairseq-sage: --sage-params chooses other weights than the checkpoint's run: "
+                        "%d gain SAGE (their Ī starts at 0), %d lose it (their Ī is dropped); the "
+                        "other state of every weight moves with its name", len(after - before),
+                        len(before - after))
 
     def step(self, closure=None, scale=1.0, groups=None):
         """Take one update; every ``--log-interval`` updates log SAGE statistics first.

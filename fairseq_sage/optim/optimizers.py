@@ -7,8 +7,12 @@ Each update of a tensor θ with gradient g is a chain of three transformations:
    parameter groups with ``sage=False`` (which then keep no Ī buffer);
 3. decoupled weight decay θ ← θ − η·λ·θ, then the step is added to θ.
 
-Every hyper-parameter may be set per parameter group. Half-precision parameters are updated
-through a float32 copy, with float32 state, as fairseq's own optimizers do.
+Every hyper-parameter may be set per parameter group, and must be finite and in range (checked as
+each group is added). Half-precision parameters are updated through a float32 copy, with float32
+state, as fairseq's own optimizers do. Parameters given as ``(name, tensor)`` pairs
+(``model.named_parameters()``) are named in ``state_dict()``, and ``load_state_dict`` then moves
+each parameter's state with its name (:mod:`fairseq_sage.optim.named_state`), also when the
+parameters were grouped otherwise when the state was saved.
 
 ``impl`` picks how the chain is computed (:mod:`fairseq_sage.optim.implementations`): the per-tensor
 reference written here, or a multi-tensor or fused kernel over all tensors at once; by default
@@ -16,14 +20,17 @@ the fastest that runs on the parameters' device. All give the same state and res
 float32 rounding.
 """
 
+import math
+import numbers
 import warnings
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from . import base_steps, implementations
 from .functional import sage_multiplier_
+from .named_state import align_by_name
 
 __all__ = ["AdamSAGE", "AdamaxSAGE", "SGDSAGE", "DEFAULT_SAGE_EPS"]
 
@@ -39,19 +46,57 @@ that is exactly 0 gets m = 1 instead of 0/0.
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
+LOWER_BOUNDS = {"lr": (0.0, ">="), "eps": (0.0, ">="), "weight_decay": (0.0, ">="), "sage_eps": (0.0, ">")}
+"""Hyper-parameters with a lower bound only; ε of SAGE must be positive, or (0 + 0)/(0 + 0) is NaN
+for every element whose weight or gradient is 0."""
+
+UNIT_INTERVAL = ("beta0", "betas", "momentum")
+"""Hyper-parameters in [0, 1)."""
+
+
+def _finite_number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return float(value)
+
+
 def check_hyperparameters(group: dict, names: Dict[str, str]) -> None:
-    """Raise ValueError if a learning rate, eps, weight decay, β or momentum in ``group`` is out of range.
+    """Raise ValueError unless every learning rate, eps, weight decay, β, momentum and SAGE value in
+    ``group`` is a finite number in its range: lr, eps, weight decay >= 0; the SAGE ε > 0; β0, each
+    β (a pair) and momentum in [0, 1).
 
     ``names`` maps a keyword ("beta0", "betas", ...) to the name the user knows it by (a fairseq flag).
     """
-    for key in ("lr", "eps", "weight_decay", "sage_eps"):
-        if key in group and not group[key] >= 0.0:
-            raise ValueError(f"{names.get(key, key)} must be >= 0, got {group[key]}")
-    for key in ("beta0", "betas", "momentum"):
-        values = group.get(key, ())
-        for value in values if isinstance(values, (tuple, list)) else (values,):
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{names.get(key, key)} must be in [0, 1), got {group[key]}")
+    for key, (bound, relation) in LOWER_BOUNDS.items():
+        if key in group:
+            name = names.get(key, key)
+            value = _finite_number(group[key], name)
+            if not (value > bound if relation == ">" else value >= bound):
+                raise ValueError(f"{name} must be {relation} {bound:g}, got {group[key]}")
+    for key in UNIT_INTERVAL:
+        if key not in group:
+            continue
+        name, values = names.get(key, key), group[key]
+        if key == "betas" and not (isinstance(values, (tuple, list)) and len(values) == 2):
+            raise ValueError(f"{name} must be a pair (beta1, beta2), got {values!r}")
+        for value in values if key == "betas" else (values,):
+            if not 0.0 <= _finite_number(value, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {group[key]}")
+
+
+def _pair(betas: Any) -> Any:
+    """``betas`` as a tuple if it is a list or tuple (else as given, for the check to name it)."""
+    return tuple(betas) if isinstance(betas, (list, tuple)) else betas
+
+
+def check_parameters(params: Iterable[Tensor], optimizer: str) -> None:
+    """Raise ValueError for a parameter the optimizers cannot update (a complex one)."""
+    for param in params:
+        if param.is_complex():
+            raise ValueError(f"{optimizer} does not support complex parameters (got one of dtype "
+                             f"{param.dtype}); optimize torch.view_as_real(param) instead")
 
 
 def all_finite(tensors: List[Tensor]) -> bool:
@@ -84,15 +129,32 @@ class _SAGEOptimizer(torch.optim.Optimizer):
     _init_state: Callable[[Tensor, dict], Dict[str, Tensor]]
     _base_step: Callable[[dict, Tensor, dict], base_steps.BaseStep]
 
+    disable_mem_eff_fp16_loading_hack = True
+    """Tells fairseq's ``--memory-efficient-fp16`` wrapper not to re-assign the loaded state by
+    position after :meth:`load_state_dict` (which keeps float32 state float32 itself, and may have
+    moved state by name)."""
+
     def __init__(self, params: Iterable, defaults: dict, impl: str, check_finite: bool):
         self.impl = implementations.check_implementation(impl)
         self.check_finite = check_finite
         super().__init__(params, defaults)
 
+    def __getstate__(self) -> dict:
+        """What ``copy.deepcopy``, ``pickle`` and ``torch.save(optimizer)`` keep: torch's state,
+        groups and defaults, and the settings kept outside ``defaults``."""
+        return dict(super().__getstate__(), impl=self.impl, check_finite=self.check_finite)
+
     def add_param_group(self, param_group: dict) -> None:
-        """Add a group (the constructor adds each of its own this way) after checking its values."""
+        """Add a group (the constructor adds each of its own this way) if its parameters and values
+        pass :func:`check_parameters` and :func:`check_hyperparameters`; else raise ValueError and
+        leave the groups as they were."""
         super().add_param_group(param_group)
-        check_hyperparameters(self.param_groups[-1], {})
+        try:
+            check_parameters(self.param_groups[-1]["params"], type(self).__name__)
+            check_hyperparameters(self.param_groups[-1], {})
+        except ValueError:
+            self.param_groups.pop()
+            raise
 
     @property
     def supports_memory_efficient_fp16(self) -> bool:
@@ -103,11 +165,14 @@ class _SAGEOptimizer(torch.optim.Optimizer):
         return True
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Load ``state_dict``, keeping the float32 state of float16/bfloat16 parameters float32.
+        """Load ``state_dict``: by parameter name where both it and the groups name their parameters
+        (:func:`~fairseq_sage.optim.named_state.align_by_name`), else by position as torch does;
+        float32 state of float16/bfloat16 parameters stays float32; then :meth:`complete_state`.
 
         torch's ``Optimizer.load_state_dict`` casts floating-point state to each parameter's dtype,
         which would round Ī and the moments of a half-precision parameter to half precision.
         """
+        state_dict = align_by_name(state_dict, self.param_groups)
         super().load_state_dict(state_dict)
         saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
         params = [p for group in self.param_groups for p in group["params"]]
@@ -117,6 +182,33 @@ class _SAGEOptimizer(torch.optim.Optimizer):
             for key, value in state_dict["state"][saved_id].items():
                 if torch.is_tensor(value) and value.is_floating_point() and key != "step":
                     self.state[param][key] = value.to(device=param.device, dtype=torch.float32, copy=True)
+        self.complete_state()
+
+    def complete_state(self) -> None:
+        """Give each parameter that has state exactly the entries its group's settings now ask for.
+
+        A parameter of a group that has become a SAGE group (``sage=True``) gets Ī = 0 and one that
+        has left SAGE loses its Ī; SGD switched to momentum gets a zero buffer (b = g at the next
+        update, as at a first one). Ī's bias correction 1 − β0^t keeps counting t from the
+        parameter's first update, so for a weight that joins SAGE late it is ~1 at once: with a
+        steady sensitivity its multiplier starts at the bound β0/(1 − β0) that the multiplier
+        never exceeds, and falls to the usual values within about 1/(1 − β0) updates.
+        """
+        for group in self.param_groups:
+            for param in group["params"]:
+                state = self.state.get(param)
+                if not state:
+                    continue
+                weights = torch.empty_like(param, dtype=torch.float32) if param.dtype in LOW_PRECISION else param
+                wanted = set(self._init_state(weights.new_empty(0), group))
+                if group["sage"]:
+                    wanted.add("sensitivity_ema")
+                for key in [k for k in state if k != "step" and k not in wanted]:
+                    del state[key]
+                missing = wanted - set(state)
+                if missing:
+                    initial = dict(self._init_state(weights, group), sensitivity_ema=torch.zeros_like(weights))
+                    state.update({key: initial[key] for key in missing})
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:
@@ -132,7 +224,9 @@ class _SAGEOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         gradients = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-        if self.check_finite and not all_finite([g for g in gradients if not g.is_sparse]):
+        if any(g.is_sparse for g in gradients):  # before any state changes
+            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+        if self.check_finite and not all_finite(gradients):
             warnings.warn(f"{type(self).__name__}: a gradient holds NaN or inf; update skipped, "
                           "weights and optimizer state left unchanged", RuntimeWarning)
             return loss
@@ -146,8 +240,6 @@ class _SAGEOptimizer(torch.optim.Optimizer):
     def _advance_state(self, param: Tensor, group: dict) -> dict:
         """``param``'s state, created (float32 for half-precision ``param``) at its first update,
         with ``step`` advanced to the update about to be applied."""
-        if param.grad.is_sparse:
-            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
         state = self.state[param]
         low_precision = param.dtype in LOW_PRECISION
         if not state:
@@ -203,7 +295,7 @@ class AdamSAGE(_SAGEOptimizer):
         check_finite: bool = True,
     ):
         defaults = dict(
-            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+            lr=lr, betas=_pair(betas), eps=eps, weight_decay=weight_decay,
             beta0=beta0, sage_eps=sage_eps, sage=sage,
         )
         super().__init__(params, defaults, impl, check_finite)
@@ -234,7 +326,7 @@ class AdamaxSAGE(_SAGEOptimizer):
         check_finite: bool = True,
     ):
         defaults = dict(
-            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+            lr=lr, betas=_pair(betas), eps=eps, weight_decay=weight_decay,
             bias_correction=bias_correction, beta0=beta0, sage_eps=sage_eps, sage=sage,
         )
         super().__init__(params, defaults, impl, check_finite)

@@ -126,9 +126,15 @@ def average_checkpoints(paths: Sequence[os.PathLike]) -> dict:
     paths = [Path(p) for p in paths]
     if not paths:
         raise AveragingError("no checkpoints given to average")
-    for path in paths:
+    seen: Dict[tuple, int] = {}
+    for index, path in enumerate(paths):
         if not path.is_file():
             raise AveragingError(f"checkpoint {path} does not exist")
+        identity = (path.stat().st_dev, path.stat().st_ino)  # the same file under any name
+        first = seen.setdefault(identity, index)
+        if first != index:
+            alias = "" if paths[first] == path else f" (also as {paths[first]})"
+            raise AveragingError(f"checkpoint {path} is given twice{alias}; give each checkpoint once")
 
     last_state = load_checkpoint(str(paths[-1]))
     last_params = _model_params(last_state, paths[-1])
@@ -229,8 +235,10 @@ def cli_main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         paths = resolve_inputs(args)
-        print("averaging " + ", ".join(str(p) for p in paths), file=sys.stderr)
         output = Path(args.output)
+        if output.is_dir():
+            raise AveragingError(f"--output {output} is a directory; give the path of the file to write")
+        print("averaging " + ", ".join(str(p) for p in paths), file=sys.stderr)
         output.parent.mkdir(parents=True, exist_ok=True)
         save_atomic(average_checkpoints(paths), str(output))
     except (AveragingError, CheckpointError) as error:

@@ -10,13 +10,12 @@ WORKDIR/results.md and WORKDIR/results.json atomically and prints the markdown t
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Sequence
 
 from fairseq_sage.checkpoints import load_checkpoint
+from fairseq_sage.files import write_atomic
 
 TEST_SETS = ("test2016", "test2017")
 COLUMNS = [
@@ -78,18 +77,6 @@ def markdown_table(rows: List[Dict[str, object]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as tmp:
-            tmp.write(text)
-        os.replace(tmp_name, path)
-    except BaseException:
-        os.unlink(tmp_name)
-        raise
-
-
 def main(argv: Sequence[str] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("workdir", type=Path)
@@ -108,8 +95,8 @@ def main(argv: Sequence[str] = None) -> int:
         + f"\nsacreBLEU signature: `{signature}`; validation loss is label-smoothed cross-entropy "
         "in bits per target token; wall time is fairseq's cumulative training time.\n"
     )
-    write_atomically(args.workdir / "results.md", markdown)
-    write_atomically(args.workdir / "results.json", json.dumps(rows, indent=2) + "\n")
+    write_atomic(args.workdir / "results.md", markdown)
+    write_atomic(args.workdir / "results.json", json.dumps(rows, indent=2) + "\n")
     print(table, end="")
     print(f"(written to {args.workdir / 'results.md'} and {args.workdir / 'results.json'})")
     return 0

@@ -2,12 +2,12 @@
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence, Tuple
+
+from fairseq_sage.files import write_atomic
 
 SETTINGS_FILE = "study.env"
 BUDGET_FILE = "budget.json"  # the converged study's budget phase: MAX_UPDATE=budget until it chose
@@ -99,17 +99,9 @@ def derived_settings(workdir: Path, values: Dict[str, str]) -> Dict[str, str]:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
+    """Write ``data`` to ``path`` atomically (:func:`fairseq_sage.files.write_atomic`), creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as tmp:
-            tmp.write(data)
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
-    except BaseException:
-        os.unlink(tmp_name)
-        raise
+    write_atomic(path, data)
 
 
 def write_if_changed(path: Path, text: str) -> bool:

@@ -80,7 +80,11 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def load_model(data: Path, checkpoint: Path, user_dir: Optional[str]):
-    """(model, task, criterion) from ``checkpoint``, with the task reading ``data``."""
+    """(model, task, criterion) from ``checkpoint``, with the task reading ``data``.
+
+    fairseq's loader is the plugin's (:mod:`fairseq_sage.fairseq.checkpoints`): a damaged
+    checkpoint, or one holding foreign objects or code in its configuration, stops the program
+    with one ``fairseq-sage: error:`` line before fairseq builds anything from it."""
     if not data.is_dir():
         raise AnalysisError(f"DATA_BIN {data}: no such directory; give the fairseq-preprocess output folder")
     if not checkpoint.is_file():

@@ -2,37 +2,15 @@
 
 import csv
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["write_atomic", "write_csv", "plot_sensitivity_by_type", "plot_pruning_curve"]
+from ...files import write_atomic
 
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it: ``path`` is never partial.
-
-    The file gets the permissions a plain ``open(path, "w")`` would give it (0666 less the umask).
-    """
-    handle, tmp_path = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as tmp:
-            tmp.write(data)
-        os.chmod(tmp_path, 0o666 & ~_umask())
-        os.replace(tmp_path, path)
-    except BaseException:
-        os.unlink(tmp_path)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+__all__ = ["write_csv", "plot_sensitivity_by_type", "plot_pruning_curve"]
 
 
 def write_csv(path: Path, rows: Sequence[Dict[str, object]]) -> None:
