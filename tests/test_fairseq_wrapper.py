@@ -176,6 +176,19 @@ def test_resuming_adafactor_sage_continues_bit_identically(adafactor_run, toy_da
         assert torch.equal(entry["sensitivity_ema"], b["last_optimizer_state"]["state"][index]["sensitivity_ema"])
 
 
+def test_resuming_with_other_flags_runs_and_records_the_command_lines_values(toy_data_bin, tmp_path):
+    base = ("--sage-base", "nag", "--momentum", "0.9", "--lr", "0.05")
+    run_fairseq("train", *sage_train_args(toy_data_bin, tmp_path, *base, "--max-update", "5"))
+    changed = ("--sage-base", "nag", "--momentum", "0.8", "--lr", "0.05", "--sage-beta0", "0.3")
+    proc = run_fairseq("train", *sage_train_args(toy_data_bin, tmp_path, *changed, "--max-update", "8"))
+    output = proc.stdout + proc.stderr
+    assert "fairseq-sage: resumed with sage_beta0 0.8 -> 0.3 (the command line's value)" in output
+    assert "fairseq-sage: resumed with momentum 0.9 -> 0.8 (the command line's value)" in output
+    state = load_checkpoint(str(tmp_path / "checkpoint_last.pt"))["last_optimizer_state"]
+    assert state["sage"]["beta0"] == 0.3
+    assert state["param_groups"][0]["momentum"] == 0.8
+
+
 def test_nag_sage_trains_with_its_momentum_flag(toy_data_bin, tmp_path):
     flags = ("--sage-base", "nag", "--momentum", "0.95", "--lr", "0.1", "--max-update", "20")
     args = sage_train_args(toy_data_bin, tmp_path, *flags)

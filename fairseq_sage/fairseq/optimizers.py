@@ -125,6 +125,16 @@ def _shown(value: Any) -> str:
     return str(tuple(value)) if isinstance(value, (list, tuple)) else str(value)
 
 
+def log_changes(saved: dict, settings: dict, flags: Dict[str, str]) -> None:
+    """Log each of ``settings`` (this run's) that differs from the ``saved`` one of a resumed
+    checkpoint: ``fairseq-sage: resumed with sage_beta0 0.8 -> 0.3 (the command line's value)``."""
+    for key, value in settings.items():
+        if key in saved and _shown(saved[key]) != _shown(value):
+            name = flags.get(key, f"--{key}")[2:].replace("-", "_")
+            logger.info("fairseq-sage: resumed with %s %s -> %s (the command line's value)",
+                        name, _shown(saved[key]), _shown(value))
+
+
 def parse_betas(value: Any, flag: str) -> tuple:
     """fairseq's betas flag, a string like '(0.9, 0.98)' or a list, as a pair of floats."""
     if OmegaConf.is_config(value):
@@ -194,11 +204,7 @@ class _FairseqSAGE(FairseqOptimizer):
         self._log_regrouping(state_dict["param_groups"])
         settings = {k: v for k, v in self.optimizer_config.items() if k not in NOT_RESUMED}
         saved = state_dict["param_groups"][0] if state_dict["param_groups"] else {}
-        for key, value in settings.items():
-            if key in saved and _shown(saved[key]) != _shown(value):
-                name = self._flags.get(key, f"--{key}")[2:].replace("-", "_")
-                logger.info("fairseq-sage: resumed with %s %s -> %s (the command line's value)",
-                            name, _shown(saved[key]), _shown(value))
+        log_changes(saved, settings, self._flags)
         for group in self._all_groups():
             group.update(settings)
             group.update(optimizer_overrides or {})

@@ -33,7 +33,9 @@ from omegaconf import OmegaConf
 
 from ..optim.wrapper import SAGE, DecayRule, check_sage_hyperparameters, decoupled, register_decay_rule
 from .errors import SageFlagError
-from .optimizers import SAGE_FLAG_NAMES, SageModulationConfig, _FairseqSAGE, config_value
+from .optimizers import (
+    NOT_RESUMED, RESET_HINT, SAGE_FLAG_NAMES, SageModulationConfig, _FairseqSAGE, config_value, log_changes,
+)
 from .params import sage_param_groups
 
 __all__ = ["FairseqSAGE", "wrappable_bases"]
@@ -152,6 +154,25 @@ class FairseqSAGE(_FairseqSAGE):
     @staticmethod
     def _sage_groups(local: SAGE) -> list:
         return local.sage_param_groups
+
+    def load_state_dict(self, state_dict, optimizer_overrides=None):
+        """Load the wrapper's state (the base's, Ī and t; by position, as fairseq loads its own
+        optimizers'), then let this run's flags rule: the base's hyper-parameters and
+        ``--sage-beta0``/``--sage-eps`` replace the checkpoint's, each change logged;
+        ``--optimizer-overrides`` applies last."""
+        try:
+            self.optimizer.load_state_dict(state_dict)
+        except ValueError as err:
+            raise SageFlagError(f"cannot resume from the checkpoint's optimizer state: {err}; {RESET_HINT}") from None
+        sage = {"beta0": self.cfg.sage_beta0, "sage_eps": self.cfg.sage_eps}
+        log_changes(state_dict["sage"], sage, SAGE_FLAG_NAMES)
+        self.optimizer.beta0, self.optimizer.sage_eps = sage["beta0"], sage["sage_eps"]
+        settings = {k: v for k, v in self.optimizer_config.items() if k not in NOT_RESUMED}
+        saved = state_dict["param_groups"][0] if state_dict["param_groups"] else {}
+        log_changes(saved, settings, {})
+        for group in self.optimizer.param_groups:
+            group.update(settings)
+            group.update(optimizer_overrides or {})
 
     def _build_optimizer(self, params) -> SAGE:
         name = config_value(self.cfg, "sage_base", None)

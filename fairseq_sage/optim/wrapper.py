@@ -25,7 +25,6 @@ parameters' weights (θ_old, in their own dtype) plus the temporaries of one ten
 Half-precision parameters are combined in float32 and rounded once into their dtype.
 """
 
-import math
 import warnings
 from collections import defaultdict
 from typing import Callable, Dict, Iterable, List, NamedTuple, Optional
@@ -98,11 +97,8 @@ def decay_rule(optimizer: torch.optim.Optimizer) -> Optional[DecayRule]:
 
 
 def check_sage_hyperparameters(beta0: float, sage_eps: float, names: Optional[Dict[str, str]] = None) -> None:
-    """ValueError unless 0 ≤ beta0 < 1 and 0 ≤ sage_eps < ∞ (``names``: the flags users know them by)."""
-    names = names or {}
-    check_hyperparameters({"beta0": beta0, "sage_eps": sage_eps}, names)
-    if not math.isfinite(sage_eps):
-        raise ValueError(f"{names.get('sage_eps', 'sage_eps')} must be finite, got {sage_eps}")
+    """ValueError unless 0 ≤ beta0 < 1 and 0 < sage_eps < ∞ (``names``: the flags users know them by)."""
+    check_hyperparameters({"beta0": beta0, "sage_eps": sage_eps}, names or {})
 
 
 class SAGE(torch.optim.Optimizer):
