@@ -52,7 +52,7 @@ if [[ $PARALLEL == 1 ]]; then
     done
     kill "$watcher" 2>/dev/null || true
     wait "$watcher" || true
-    [[ $failed == 0 ]] || fail "a training or evaluation failed (see its error above)"
+    [[ $failed == 0 ]] || exit 1  # the failed step printed its error
 else
     for optimizer in "${optimizers[@]}"; do
         train_and_evaluate "$optimizer"
