@@ -48,6 +48,17 @@ dtype and raw bytes; an object array's elements are unpickled under the same all
 
 
 
+def fairseq_globals_allowed() -> contextlib.AbstractContextManager:
+    """A context in which ``weights_only`` unpickling also admits :data:`FAIRSEQ_CHECKPOINT_GLOBALS`.
+
+    Only the classes not already allow-listed are added, since leaving torch's ``safe_globals``
+    context removes every class it was given, also one that the plugin had allow-listed for the
+    whole process.
+    """
+    allowed = torch.serialization.get_safe_globals()
+    return torch.serialization.safe_globals([g for g in FAIRSEQ_CHECKPOINT_GLOBALS if g not in allowed])
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, damaged or unsafe to load."""
 
