@@ -67,22 +67,6 @@ ZIP_MAGIC = b"PK\x03\x04"
 """First bytes of a checkpoint in torch's zip format (torch >= 1.6); older ones are bare pickles."""
 
 
-@contextlib.contextmanager
-def fairseq_globals_allowed() -> Iterator[None]:
-    """Allow-list :data:`FAIRSEQ_CHECKPOINT_GLOBALS` inside the block, then restore the previous list.
-
-    torch's own ``safe_globals`` context removes its classes on exit even where they had been
-    allow-listed before it (as the plugin does for fairseq's loader), which would make the next
-    ``fairseq-generate`` load refuse fairseq's checkpoints."""
-    before = torch.serialization.get_safe_globals()
-    torch.serialization.add_safe_globals(FAIRSEQ_CHECKPOINT_GLOBALS)
-    try:
-        yield
-    finally:
-        torch.serialization.clear_safe_globals()
-        torch.serialization.add_safe_globals(before)
-
-
 RESTORE_HINT = "use an intact copy (an earlier checkpoint_*.pt of the run, say)"
 """The fix that the message about a damaged checkpoint suggests."""
 
