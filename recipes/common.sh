@@ -166,6 +166,7 @@ binarize() {
     local destination=$1
     shift
     rm -rf "$destination.partial"
+    mkdir -p "$(dirname "$destination")"
     : >"$destination.log"
     run_logged "$destination.log" quiet_python fairseq_cli.preprocess "$@" --workers "$WORKERS" \
         --destdir "$destination.partial"
@@ -209,7 +210,10 @@ train_once() {
     fi
     # fairseq's own --log-file repeats every line once per epoch: redirect the output instead
     PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$@" >>"$log" 2>&1 || status=$?
-    [[ -z $watcher ]] || { kill "$watcher" 2>/dev/null; wait "$watcher" || true; }
+    if [[ -n $watcher ]]; then
+        kill "$watcher" 2>/dev/null || true  # it has exited already where the output is no terminal
+        wait "$watcher" || true
+    fi
     show_log_problems "$log" "$status" || fail "fairseq-train failed (exit status $status); see $log"
     [[ -f $save_dir/$writes ]] || fail "fairseq-train wrote no $save_dir/$writes; see $log"
     printf '%s\n' "$*" >"$done_marker.partial"
