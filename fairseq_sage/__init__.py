@@ -17,9 +17,9 @@ The package has three parts:
 
 import sys
 
-from .optim import DEFAULT_SAGE_EPS, AdamaxSAGE, AdamSAGE, SGDSAGE
+from .optim import DEFAULT_SAGE_EPS, SAGE, AdamaxSAGE, AdamSAGE, SGDSAGE
 
-__all__ = ["AdamSAGE", "AdamaxSAGE", "SGDSAGE", "DEFAULT_SAGE_EPS"]
+__all__ = ["AdamSAGE", "AdamaxSAGE", "SGDSAGE", "SAGE", "DEFAULT_SAGE_EPS"]
 __version__ = "0.1.0"
 
 if "fairseq" in sys.modules:  # loaded by fairseq (--user-dir) or after it: register the plugin

@@ -100,8 +100,9 @@ def test_sigkill_mid_epoch_then_resume_ends_bit_identically(toy_data_bin, straig
 COPY_UNDER_A_SIZE_LIMIT = """
 import resource, signal, sys
 source, destination, limit, on_limit, hardened = sys.argv[1:]
+import fairseq
 if hardened == "yes":
-    import fairseq_sage  # what --user-dir does
+    import fairseq_sage  # what --user-dir does, fairseq already imported: loads the plugin
 from fairseq.file_io import PathManager
 # Python ignores SIGXFSZ, so that a write past the limit fails like a write to a full disk
 if on_limit == "killed":

@@ -3,6 +3,7 @@ hardens fairseq's checkpoint handling (:mod:`.checkpoints`).
 
 - :mod:`.optimizers`: ``--optimizer adam_sage | adamax_sage | sgd_sage``, their flags and the
   diagnostics hook that logs ``sage_*`` statistics every ``--log-interval`` updates;
+- :mod:`.wrapper`: ``--optimizer sage --sage-base NAME``, SAGE over any fairseq optimizer;
 - :mod:`.params`: parameter names in fairseq's trainer and the groups ``--sage-params`` chooses;
 - :mod:`.checkpoints`: the allow-list for fairseq's loader, verified loads, atomic copies;
 - :mod:`.errors`: the one-line error for a flag the plugin cannot work with.
@@ -11,4 +12,4 @@ hardens fairseq's checkpoint handling (:mod:`.checkpoints`).
 ``import fairseq_sage.fairseq`` before building fairseq's trainer does the same.
 """
 
-from . import checkpoints, optimizers  # noqa: F401  (registration happens on import)
+from . import checkpoints, optimizers, wrapper  # noqa: F401  (registration happens on import)

@@ -35,7 +35,9 @@ SAGE_FLAG_NAMES = {
 
 
 @dataclass
-class SageConfig(FairseqDataclass):
+class SageModulationConfig(FairseqDataclass):
+    """The flags of the SAGE modulation itself, shared by every SAGE optimizer and ``--optimizer sage``."""
+
     sage_beta0: float = field(
         default=0.8,
         metadata={"help": "beta0 of the sensitivity moving average (the paper: 0.8 on IWSLT'14, "
@@ -56,6 +58,13 @@ class SageConfig(FairseqDataclass):
         metadata={"help": "do not log statistics of the SAGE lr multipliers (sage_mult_mean, "
                   "sage_mult_p50, ...) every --log-interval updates"},
     )
+    lr: List[float] = II("optimization.lr")
+    log_interval: Optional[int] = II("common.log_interval")
+    update_epoch_batch_itr: bool = II("dataset.update_epoch_batch_itr")
+
+
+@dataclass
+class SageConfig(SageModulationConfig):
     sage_impl: ChoiceEnum(IMPLEMENTATIONS) = field(
         default="auto",
         metadata={"help": "how the update is computed: auto (default) picks a fused C++ kernel for "
@@ -63,10 +72,6 @@ class SageConfig(FairseqDataclass):
                   "cannot be built; reference is the per-tensor loop (bit-identical to adam/adamax "
                   "with SAGE off)"},
     )
-    lr: List[float] = II("optimization.lr")
-    log_interval: Optional[int] = II("common.log_interval")
-    update_epoch_batch_itr: bool = II("dataset.update_epoch_batch_itr")
-
 
 @dataclass
 class AdamSageConfig(SageConfig):
@@ -87,6 +92,12 @@ class AdamaxSageConfig(SageConfig):
 class SgdSageConfig(SageConfig):
     momentum: float = field(default=0.0, metadata={"help": "momentum factor"})
     weight_decay: float = field(default=0.0, metadata={"help": "decoupled weight decay"})
+
+
+def config_value(cfg, key: str, default: Any) -> Any:
+    """``cfg.key`` or ``default``, for a fairseq config or the argparse.Namespace of an optimizer
+    registered without a dataclass (``--optimizer sage``)."""
+    return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
 
 
 def parse_betas(value: Any, flag: str) -> tuple:
@@ -110,17 +121,21 @@ class _FairseqSAGE(FairseqOptimizer):
 
     def __init__(self, cfg, params):
         super().__init__(cfg)
+        self._optimizer = self._build_optimizer(params)
+        if not config_value(cfg, "update_epoch_batch_itr", True):
+            logger.warning(
+                "a run resumed from a checkpoint continues exactly only with "
+                "--update-epoch-batch-itr True (without it fairseq groups sentences into batches "
+                "with a seed taken from the epoch at which the process started)")
+
+    def _build_optimizer(self, params):
+        """The torch optimizer: ``optimizer_class`` with the flags' values, one group per SAGE switch."""
         config = self.optimizer_config
         try:
             check_hyperparameters(config, dict(SAGE_FLAG_NAMES, **self.flag_names))
         except ValueError as err:
             raise SageFlagError(f"{err}; change the flag")
-        self._optimizer = self.optimizer_class(sage_param_groups(params, cfg.sage_params), **config)
-        if not cfg.get("update_epoch_batch_itr", True):
-            logger.warning(
-                "a run resumed from a checkpoint continues exactly only with "
-                "--update-epoch-batch-itr True (without it fairseq groups sentences into batches "
-                "with a seed taken from the epoch at which the process started)")
+        return self.optimizer_class(sage_param_groups(params, self.cfg.sage_params), **config)
 
     def step(self, closure=None, scale=1.0, groups=None):
         """Take one update; every ``--log-interval`` updates log SAGE statistics first.
@@ -132,7 +147,7 @@ class _FairseqSAGE(FairseqOptimizer):
             self.multiply_grads(1.0 / scale)
         if self._diagnostics_due():
             local = self._local_optimizer
-            for key, value in sage_statistics(local.param_groups, local.state).items():
+            for key, value in sage_statistics(self._sage_groups(local), local.state).items():
                 metrics.log_scalar(key, value, priority=1000)
         super().step(closure, groups=groups)
 
@@ -143,9 +158,14 @@ class _FairseqSAGE(FairseqOptimizer):
         then the shard's), else the optimizer itself."""
         return getattr(self.optimizer, "optim", self.optimizer)
 
+    @staticmethod
+    def _sage_groups(local) -> list:
+        """The parameter groups, with ``sage``, ``beta0`` and ``sage_eps``, that the statistics read."""
+        return local.param_groups
+
     def _diagnostics_due(self) -> bool:
-        interval = self.cfg.get("log_interval")
-        if self.cfg.get("no_sage_diagnostics", False) or not interval or interval < 1:
+        interval = config_value(self.cfg, "log_interval", None)
+        if config_value(self.cfg, "no_sage_diagnostics", False) or not interval or interval < 1:
             return False
         local = self._local_optimizer
         return next_update_number(local.param_groups, local.state) % interval == 0

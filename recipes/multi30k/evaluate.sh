@@ -5,14 +5,15 @@
 # Usage: bash recipes/multi30k/evaluate.sh WORKDIR OPTIMIZER [SET...]
 #   SET  test2016, test2017 (the default: both) or valid
 #
-# fairseq-generate with checkpoint_best.pt, beam 5, at most 1.2 * source length + 10 tokens (as
+# fairseq-generate with checkpoint_best.pt (or checkpoints/OPTIMIZER/$EVAL_MODEL.pt), beam 5, at most 1.2 * source length + 10 tokens (as
 # fairseq's translation example validates; no Multi30k reference comes near it); the hypotheses
 # (sentencepiece pieces, in the set's order) are decoded to plain text and scored with sacreBLEU
 # (default 13a tokenization, mixed case) against the raw references.
 #
 # Writes, for each SET, WORKDIR/eval/OPTIMIZER/SET.generate (fairseq's output), SET.log (its log), SET.hyp
-# (detokenized hypotheses) and SET.sacrebleu.json, each atomically. A set whose score is newer
-# than checkpoint_best.pt is skipped.
+# (detokenized hypotheses) and SET.sacrebleu.json, each atomically (in eval/OPTIMIZER/EVAL_MODEL/
+# for another EVAL_MODEL than checkpoint_best). A set whose score is newer than the checkpoint is
+# skipped.
 set -euo pipefail
 RECIPE=multi30k
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
@@ -27,8 +28,10 @@ declare -A SUBSETS=([test2016]=test [test2017]=test1 [valid]=valid)
 for name in "${sets[@]}"; do
     [[ -n ${SUBSETS[$name]:-} ]] || fail "unknown set $name; give test2016, test2017 or valid"
 done
-CHECKPOINT=$WORKDIR/checkpoints/$OPTIMIZER/checkpoint_best.pt
+EVAL_MODEL=${EVAL_MODEL:-checkpoint_best}
+CHECKPOINT=$WORKDIR/checkpoints/$OPTIMIZER/$EVAL_MODEL.pt
 OUT=$WORKDIR/eval/$OPTIMIZER
+[[ $EVAL_MODEL == checkpoint_best ]] || OUT=$OUT/$EVAL_MODEL
 [[ -f $CHECKPOINT ]] || fail "$CHECKPOINT missing; run recipes/multi30k/train.sh $WORKDIR $OPTIMIZER first"
 mkdir -p "$OUT"
 

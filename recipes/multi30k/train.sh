@@ -17,6 +17,7 @@
 #                   on the validation set in the Multi30k study, docs/results.md)
 #   SAGE_BETA0      adam_sage's beta0 (default 0.8, the study's best)
 #   SEED            random seed (default 1)
+#   EPOCH_CHECKPOINTS  1: also keep a checkpoint at each epoch's end (checkpointE.pt; default 0)
 #   PYTHON          see recipes/common.sh
 #
 # Writes WORKDIR/checkpoints/OPTIMIZER/ (checkpoint_best.pt, checkpoint_last.pt, train.log).
@@ -35,6 +36,8 @@ MAX_TOKENS=${MAX_TOKENS:-2048}
 WARMUP_UPDATES=${WARMUP_UPDATES:-200}
 SAGE_BETA0=${SAGE_BETA0:-0.8}
 SEED=${SEED:-1}
+epoch_checkpoints=(--no-epoch-checkpoints)
+[[ ${EPOCH_CHECKPOINTS:-0} == 0 ]] || epoch_checkpoints=()
 require_positive_integer MAX_UPDATE
 require_positive_integer MAX_TOKENS
 require_positive_integer WARMUP_UPDATES
@@ -69,7 +72,7 @@ command=(
     --lr-scheduler inverse_sqrt --warmup-updates "$WARMUP_UPDATES" --warmup-init-lr 1e-07
     --criterion label_smoothed_cross_entropy --label-smoothing 0.1
     --max-tokens "$MAX_TOKENS" --max-update "$MAX_UPDATE" --seed "$SEED"
-    --save-dir "$SAVE_DIR" --no-epoch-checkpoints --update-epoch-batch-itr True
+    --save-dir "$SAVE_DIR" "${epoch_checkpoints[@]}" --update-epoch-batch-itr True
     --log-format simple --log-interval 25
     "$@"
 )

@@ -15,7 +15,6 @@
 A figure whose data does not exist yet is not drawn.
 """
 
-import argparse
 import io
 import math
 import sys
@@ -27,7 +26,7 @@ from matplotlib.figure import Figure
 
 from .results import RunResult, best_runs, collect, pruning_curves
 from .runs import LABELS, Run, grid_runs, seed_runs
-from .settings import StudyError, StudySettings, read_settings, write_atomically
+from .settings import StudyError, StudySettings, read_settings, run_cli, write_atomically
 
 COLORS = {"adam": "tab:blue", "adam_sage": "tab:orange"}
 SEED_STYLES = ("-", "--", ":", "-.")
@@ -193,16 +192,7 @@ def draw_figures(workdir: Path) -> List[Path]:
 
 
 def main(argv: Sequence[str] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("workdir", type=Path)
-    args = parser.parse_args(argv)
-    try:
-        for path in draw_figures(args.workdir):
-            print(f"wrote {path}")
-    except StudyError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return run_cli(__doc__.split("\n\n")[0], lambda args: [print(f"wrote {path}") for path in draw_figures(args.workdir)], argv)
 
 
 if __name__ == "__main__":

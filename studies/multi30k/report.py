@@ -21,13 +21,16 @@ from typing import Dict, List, Optional, Sequence
 
 from .plots import FIGURES_DIR, SUBSET_NAMES
 from .results import (
-    SELECTION_RULE, RunResult, best_runs, collect, compare, pruning_curves, read_signature, seed_summary,
+    RunResult, best_runs, collect, compare, pruning_curves, read_signature, seed_summary, selection_rule,
 )  # fmt: skip
 from .runs import LABELS, OPTIMIZERS, TEST_SETS, Run, grid_runs
 from .settings import StudyError, StudySettings, read_settings, write_atomically
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOC_FIGURES = "figures/multi30k"
+# the converged study's section of the shared results document (converged_report.py)
+CONVERGED_BEGIN = "<!-- converged study: written by studies/multi30k/converged_report.py -->\n"
+CONVERGED_END = "<!-- end of the converged study -->\n"
 
 # Sizing of the default configuration on a 2-core CPU (see the Design section of the report).
 # measured with the quickstart (recipes/multi30k/README.md) on an idle 2-core machine
@@ -234,7 +237,7 @@ class Study:
             f"- **Grid** (seed {seeds[0]}): Adam lr ∈ {{{', '.join(self.settings.adam_lrs)}}}; Adam-SAGE lr ∈ "
             f"{{{', '.join(self.settings.sage_lrs)}}} × β0 ∈ {{{', '.join(self.settings.sage_beta0s)}}} "
             "(SAGE wants a 2–5× larger lr than Adam, β0 in 0.6–0.9, per Liang et al., ICLR 2022).\n"
-            f"- **Selection.** Per optimizer, the {SELECTION_RULE}.\n"
+            f"- **Selection.** Per optimizer, the {selection_rule(self.settings.selection_model)}.\n"
             f"- **Seeds.** Each best setting is trained with seeds {{{', '.join(map(str, seeds))}}} "
             f"(the grid run is seed {seeds[0]}).\n"
             "- **Test scores** (`recipes/multi30k/evaluate.sh`): beam 5, at most 1.2 × source length + 10 "
@@ -261,7 +264,7 @@ class Study:
             ["optimizer", "lr", "β0", "valid BLEU", "best valid loss", "last-epoch train loss", "updates",
              "wall (s)"], rows)
         text += ("\nLosses: label-smoothed cross-entropy in bits per target token. Valid BLEU: "
-                 "`checkpoint_best.pt` on `val`, beam 5.\n\n")
+                 f"`{self.settings.selection_model}.pt` on `val`, beam 5.\n\n")
         lrs = sorted(self.settings.sage_lrs, key=float)
         by_setting = {run.setting: self.results[run].valid_bleu for run in self.grid}
         matrix = [[f"β0 = {b}"] + [cell(by_setting[("adam_sage", lr, b)]) for lr in lrs]
@@ -385,7 +388,7 @@ class Study:
     # ---- machine-readable tables
 
     def summary(self) -> Dict[str, object]:
-        summary: Dict[str, object] = {"selection_rule": SELECTION_RULE, "sacrebleu_signature": self.signature,
+        summary: Dict[str, object] = {"selection_rule": selection_rule(self.settings.selection_model), "sacrebleu_signature": self.signature,
                                       "best": self.summaries, "pruning": self.pruning, "comparison": {}}
         if len(self.summaries) == len(OPTIMIZERS):
             for test in TEST_SETS:
@@ -406,11 +409,26 @@ class Study:
         write_atomically(folder / "summary.json", (json.dumps(self.summary(), indent=2) + "\n").encode())
 
 
+def splice_converged(text: str, section: str) -> str:
+    """``text`` with its converged section replaced by ``section``, or inserted after the title."""
+    block = CONVERGED_BEGIN + section.rstrip("\n") + "\n" + CONVERGED_END
+    if CONVERGED_BEGIN in text and CONVERGED_END in text:
+        before, rest = text.split(CONVERGED_BEGIN, 1)
+        return before + block + rest.split(CONVERGED_END, 1)[1]
+    title, separator, body = text.partition("\n\n")
+    return title + separator + block + "\n" + body if text.startswith("# ") else block + "\n" + text
+
+
 def publish(study: Study, doc: Path) -> None:
-    """Write the report to ``doc`` with its figures copied to figures/multi30k/ beside it."""
+    """Write the report to ``doc`` with its figures copied to figures/multi30k/ beside it, keeping the
+    converged study's section that ``doc`` holds."""
     for figure in study.figures():
         write_atomically(doc.parent / DOC_FIGURES / figure.name, figure.read_bytes())
-    write_atomically(doc, study.markdown(DOC_FIGURES).encode())
+    text = study.markdown(DOC_FIGURES)
+    old = doc.read_text() if doc.is_file() else ""
+    if CONVERGED_BEGIN in old and CONVERGED_END in old:
+        text = splice_converged(text, old.split(CONVERGED_BEGIN, 1)[1].split(CONVERGED_END, 1)[0])
+    write_atomically(doc, text.encode())
 
 
 def main(argv: Sequence[str] = None) -> int:

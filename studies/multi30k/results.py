@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from .runs import OPTIMIZERS, TEST_SETS, Run, grid_runs, seed_runs
-from .settings import StudyError, StudySettings
+from .settings import BEST_MODEL, StudyError, StudySettings
 from .train_log import TrainingLog, read_train_log
 
-SELECTION_RULE = (
-    "highest validation BLEU (sacreBLEU of checkpoint_best.pt on `val`, beam 5) "
-    "among the grid runs; ties go to the lower best validation loss"
-)
+
+def selection_rule(model: str = BEST_MODEL) -> str:
+    return (f"highest validation BLEU (sacreBLEU of {model}.pt on `val`, beam 5) "
+            "among the grid runs; ties go to the lower best validation loss")
+
 
 
 @dataclass
@@ -81,15 +82,15 @@ def read_signature(workdir: Path, runs: Sequence[Run]) -> Optional[str]:
     return None
 
 
-def read_run(workdir: Path, run: Run) -> RunResult:
-    """Everything ``run``'s folder holds: training log, validation and test BLEU."""
+def read_run(workdir: Path, run: Run, model: str = BEST_MODEL) -> RunResult:
+    """Everything ``run``'s folder holds: training log, validation and test BLEU of ``model``."""
     done = run.folder(workdir) / "checkpoints" / run.optimizer / "train.done"
     return RunResult(
         run=run,
         log=read_train_log(run.train_log(workdir)),
         finished=done.is_file(),
-        valid_bleu=read_bleu(run.bleu_file(workdir, "valid")),
-        test_bleu={test: read_bleu(run.bleu_file(workdir, test)) for test in TEST_SETS},
+        valid_bleu=read_bleu(run.bleu_file(workdir, "valid", model)),
+        test_bleu={test: read_bleu(run.bleu_file(workdir, test, model)) for test in TEST_SETS},
     )
 
 
@@ -111,14 +112,15 @@ def best_runs(results: Dict[Run, RunResult], settings: StudySettings) -> Dict[st
 
 def collect(workdir: Path, settings: StudySettings) -> Dict[Run, RunResult]:
     """The results of every grid run and, once the grid is scored, of every seed of the best settings."""
-    results = {run: read_run(workdir, run) for run in grid_runs(settings)}
+    model = settings.selection_model
+    results = {run: read_run(workdir, run, model) for run in grid_runs(settings)}
     try:
         best = best_runs(results, settings)
     except StudyError:
         return results
     for run in best.values():
         for seeded in seed_runs(run, settings):
-            results.setdefault(seeded, read_run(workdir, seeded))
+            results.setdefault(seeded, read_run(workdir, seeded, model))
     return results
 
 

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from .settings import StudySettings
+from .settings import BEST_MODEL, StudySettings
 
 OPTIMIZERS = ("adam", "adam_sage")
 LABELS = {"adam": "Adam", "adam_sage": "Adam-SAGE"}
@@ -38,9 +38,14 @@ class Run:
     def train_log(self, workdir: Path) -> Path:
         return self.folder(workdir) / "checkpoints" / self.optimizer / "train.log"
 
-    def bleu_file(self, workdir: Path, subset: str) -> Path:
+    def eval_dir(self, workdir: Path, model: str = BEST_MODEL) -> Path:
+        """Where recipes/multi30k/evaluate.sh writes the scores of ``model`` (EVAL_MODEL)."""
+        folder = self.folder(workdir) / "eval" / self.optimizer
+        return folder if model == BEST_MODEL else folder / model
+
+    def bleu_file(self, workdir: Path, subset: str, model: str = BEST_MODEL) -> Path:
         """The sacreBLEU JSON of ``subset`` (valid, test2016 or test2017)."""
-        return self.folder(workdir) / "eval" / self.optimizer / f"{subset}.sacrebleu.json"
+        return self.eval_dir(workdir, model) / f"{subset}.sacrebleu.json"
 
     def with_seed(self, seed: int) -> "Run":
         return Run(self.optimizer, self.lr, self.beta0, seed)

@@ -1,0 +1,178 @@
+"""``--optimizer sage --sage-base NAME``: SAGE over any optimizer registered in fairseq.
+
+fairseq builds the base optimizer with its own class from ``OPTIMIZER_REGISTRY`` and its own flags
+(``--momentum`` for nag, ``--adafactor-eps``, ``--clip-threshold`` ... for adafactor); the plugin
+wraps that optimizer's torch optimizer in :class:`fairseq_sage.optim.wrapper.SAGE`. SAGE adds
+``--sage-beta0``, ``--sage-eps``, ``--sage-params`` and ``--no-sage-diagnostics``, as for adam_sage.
+
+How the base's flags reach it: ``sage`` is registered without a dataclass, so fairseq parses the
+flags :meth:`FairseqSAGE.add_args` declares and hands the optimizer the whole argparse Namespace as
+its config. ``add_args`` cannot know the ``--sage-base`` of the command line, so it declares the
+flags of every base that can be wrapped, with no default (a flag not given sets nothing); the base
+is then built from its own defaults plus the flags given, and a flag that belongs to another base
+only is one clear error.
+
+fairseq's own optimizers tell :class:`~fairseq_sage.optim.wrapper.SAGE` how they decay weights
+(:data:`fairseq_sage.optim.wrapper.DECAY_RULES`): ``adam``, ``adamax`` and ``nag`` decouple it
+(θ·(1 − η·λ)), ``adafactor`` too (with its relative step size ρ where it has one, λ·ρ; with
+``--scale-parameter`` and a weight decay it is refused); ``sgd`` and ``adagrad`` add λ·θ
+to the gradient. ``--zero-sharding os`` rebuilds the optimizer from its class and is refused.
+"""
+
+import argparse
+import importlib.util
+from typing import List, Optional
+
+from fairseq.dataclass.utils import gen_parser_from_dataclass
+from fairseq.optim import OPTIMIZER_DATACLASS_REGISTRY, OPTIMIZER_REGISTRY, build_optimizer, register_optimizer
+from fairseq.optim.adafactor import Adafactor
+from fairseq.optim.adam import Adam
+from fairseq.optim.adamax import Adamax
+from fairseq.optim.nag import NAG
+from omegaconf import OmegaConf
+
+from ..optim.wrapper import SAGE, DecayRule, check_sage_hyperparameters, decoupled, register_decay_rule
+from .errors import SageFlagError
+from .optimizers import SAGE_FLAG_NAMES, SageModulationConfig, _FairseqSAGE, config_value
+from .params import sage_param_groups
+
+__all__ = ["FairseqSAGE", "wrappable_bases"]
+
+NOT_WRAPPABLE = {"composite": "steps one optimizer per parameter group; wrap one of them instead"}
+OPTIONAL_DEPENDENCIES = {"cpu_adam": "deepspeed", "lamb": "apex"}
+"""fairseq optimizers that need a package fairseq does not require, by name."""
+
+
+def adafactor_decay(optimizer: Adafactor, group: dict, param_state: dict) -> float:
+    """fairseq's Adafactor decays θ by λ·ρ, ρ its step size, which ``_get_lr`` recomputes from the
+    parameter's state after the step (the step count and RMS(θ_old) it used)."""
+    return group["weight_decay"] * optimizer._get_lr(group, param_state)
+
+
+def adafactor_unsupported(group: dict) -> Optional[str]:
+    """With --scale-parameter and no --relative-step, fairseq's Adafactor multiplies the group's
+    lr by each parameter's RMS in turn, so the decay of one parameter depends on all before it."""
+    if group["weight_decay"] and group["scale_parameter"] and not group["relative_step"]:
+        return ("with --scale-parameter its weight decay cannot be separated from its update "
+                "(fairseq-train cannot add --relative-step); drop --scale-parameter or set --weight-decay 0")
+    return None
+
+
+for decoupled_class in (Adam, Adamax, NAG):
+    register_decay_rule(decoupled_class, DecayRule(decoupled))
+register_decay_rule(Adafactor, DecayRule(adafactor_decay, adafactor_unsupported))
+
+
+def why_not_wrappable(name: Optional[str]) -> Optional[str]:
+    """Why ``--sage-base name`` cannot work, or None where it can."""
+    if name not in OPTIMIZER_REGISTRY:
+        return f"--sage-base {name!r} is not an optimizer registered in fairseq"
+    if issubclass(OPTIMIZER_REGISTRY[name], _FairseqSAGE):
+        return f"--sage-base {name} applies SAGE itself"
+    if name in NOT_WRAPPABLE:
+        return f"--sage-base {name} cannot be wrapped: it {NOT_WRAPPABLE[name]}"
+    dependency = OPTIONAL_DEPENDENCIES.get(name)
+    if dependency and importlib.util.find_spec(dependency) is None:
+        return f"--sage-base {name} needs {dependency}, which is not installed"
+    return None
+
+
+def wrappable_bases() -> List[str]:
+    """The names ``--sage-base`` accepts: fairseq's optimizers, less those :func:`why_not_wrappable`."""
+    return sorted(name for name in OPTIMIZER_REGISTRY if why_not_wrappable(name) is None)
+
+
+class _Undefaulted:
+    """Stands in for the parser in a base's ``add_args``: each flag goes to ``parser`` with no
+    default (argparse.SUPPRESS), an option string another base already defined is skipped, and
+    the destinations are collected in ``dests``."""
+
+    def __init__(self, parser):
+        self.parser = parser
+        self.dests = set()
+
+    def add_argument(self, *names, **kwargs):
+        dest = kwargs.pop("dest", None) or next(n for n in names if n.startswith("--"))[2:].replace("-", "_")
+        kwargs["default"] = argparse.SUPPRESS
+        self.dests.add(dest)
+        for name in names:
+            try:
+                self.parser.add_argument(name, dest=dest, **kwargs)
+            except argparse.ArgumentError:  # the same flag of another base
+                pass
+
+
+def base_flags(name: str, parser) -> set:
+    """Add the flags of fairseq's optimizer ``name`` to ``parser`` (no defaults); their dests."""
+    flags = _Undefaulted(parser)
+    OPTIMIZER_REGISTRY[name].add_args(flags)
+    return flags.dests
+
+
+def base_config(cfg: argparse.Namespace, name: str):
+    """The config fairseq's optimizer ``name`` is built from: its own defaults, the flags given;
+    a DictConfig of its dataclass where it has one, else an argparse Namespace.
+
+    A flag given that only other bases have is refused (SageFlagError).
+    """
+    own = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    OPTIMIZER_REGISTRY[name].add_args(own)
+    defaults = own.parse_args([])
+    scratch = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    foreign = set().union(*(base_flags(b, scratch) for b in wrappable_bases())) - set(vars(defaults))
+    given = sorted(dest for dest in foreign if hasattr(cfg, dest))
+    if given:
+        flag = "--" + given[0].replace("_", "-")
+        raise SageFlagError(f"{flag} is not a flag of --sage-base {name}; drop it or choose the base it belongs to")
+    config = argparse.Namespace(**dict(vars(defaults), **vars(cfg)))
+    config.optimizer = name
+    if name not in OPTIMIZER_DATACLASS_REGISTRY:
+        return config
+    structured = OPTIMIZER_DATACLASS_REGISTRY[name].from_namespace(config)
+    structured._name = name
+    return OmegaConf.structured(structured)  # as fairseq hands it over (betas as a list, say)
+
+
+@register_optimizer("sage")
+class FairseqSAGE(_FairseqSAGE):
+    """SAGE (:class:`fairseq_sage.optim.wrapper.SAGE`) over the torch optimizer of ``--sage-base``."""
+
+    @staticmethod
+    def add_args(parser):
+        gen_parser_from_dataclass(parser, SageModulationConfig())
+        parser.add_argument("--sage-base", metavar="NAME",
+                            help="the fairseq optimizer SAGE modulates: " + ", ".join(wrappable_bases()))
+        for name in wrappable_bases():
+            base_flags(name, parser)
+
+    @property
+    def optimizer_config(self) -> dict:
+        return self.base.optimizer_config
+
+    @staticmethod
+    def _sage_groups(local: SAGE) -> list:
+        return local.sage_param_groups
+
+    def _build_optimizer(self, params) -> SAGE:
+        name = config_value(self.cfg, "sage_base", None)
+        problem = "--optimizer sage needs --sage-base NAME" if name is None else why_not_wrappable(name)
+        if problem:
+            raise SageFlagError(f"{problem}; valid names: {', '.join(wrappable_bases())}")
+        if config_value(self.cfg, "zero_sharding", "none") == "os":
+            raise SageFlagError("--optimizer sage does not support --zero-sharding os (fairscale rebuilds "
+                                "the optimizer from its class); use adam_sage, adamax_sage or sgd_sage")
+        try:
+            check_sage_hyperparameters(self.cfg.sage_beta0, self.cfg.sage_eps, SAGE_FLAG_NAMES)
+        except ValueError as err:
+            raise SageFlagError(f"{err}; change the flag")
+        params = list(params)
+        groups = sage_param_groups(params, self.cfg.sage_params)
+        try:
+            self.base = build_optimizer(base_config(self.cfg, name), params)
+        except (ImportError, ValueError) as err:
+            raise SageFlagError(f"--sage-base {name} cannot be built: {err}")
+        try:
+            return SAGE(self.base.optimizer, self.cfg.sage_beta0, self.cfg.sage_eps,
+                        params=groups[0]["params"], check_finite=False)
+        except ValueError as err:
+            raise SageFlagError(f"--sage-base {name}: {err}")

@@ -1,0 +1,299 @@
+"""``SAGE(optimizer)``: SAGE learning-rate modulation on top of any ``torch.optim.Optimizer``.
+
+For every parameter θ that gets SAGE, with gradient g, at its t-th update:
+
+    θ_old  = θ before the update
+    m      = (U + ε)/(Ī_c + ε)        from I = |θ_old ⊙ g| (:func:`.functional.sage_multiplier_`)
+    θ_new  = what the base optimizer's own ``step()`` makes of θ
+    θ      ← (1 − c)·θ_old + m ⊙ (θ_new − (1 − c)·θ_old)
+
+where c·θ_old is the decoupled weight decay the base optimizer applied in that step (0 where it
+has none): SAGE scales the base optimizer's own update element-wise and leaves the decay at
+η(t)·λ, unmodulated, as :class:`~fairseq_sage.optim.AdamSAGE` does. c is read from a
+:data:`DECAY_RULES` entry for the base optimizer's class:
+
+- decoupled decay θ ← θ·(1 − η·λ) (torch's ``AdamW``, ``Adafactor``, ``Adam``/``NAdam``/``RAdam``
+  with ``decoupled_weight_decay=True``): c = η·λ of the parameter's group;
+- coupled L2 decay g ← g + λ·θ (torch's ``SGD``, ``Adagrad``, ``Adadelta``, ``RMSprop``,
+  ``Adamax``, and ``Adam``/``NAdam``/``RAdam`` by default) is part of the gradient the base
+  optimizer follows, so it is part of the update SAGE scales: c = 0. I uses the loss gradient g;
+- any other class with a non-zero ``weight_decay`` in a group that gets SAGE is refused (one
+  ValueError: set its weight decay to 0, or add a rule with :func:`register_decay_rule`).
+
+Memory: the wrapper keeps Ī (float32) per SAGE parameter and, during a step, one copy of the SAGE
+parameters' weights (θ_old, in their own dtype) plus the temporaries of one tensor at a time.
+Half-precision parameters are combined in float32 and rounded once into their dtype.
+"""
+
+import math
+import warnings
+from collections import defaultdict
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+from .functional import sage_multiplier_
+from .optimizers import DEFAULT_SAGE_EPS, LOW_PRECISION, _SAGEOptimizer, all_finite, check_hyperparameters
+
+__all__ = ["SAGE", "DecayRule", "DECAY_RULES", "register_decay_rule", "decoupled", "coupled"]
+
+SAGE_STATE_KEYS = ("sensitivity_ema", "sage_step")
+"""The keys the wrapper adds to each SAGE parameter's entry of the base optimizer's state dict."""
+
+
+class DecayRule(NamedTuple):
+    """How a base optimizer class decays weights: ``coefficient(optimizer, group, param_state)``
+    gives the c of θ ← (1 − c)·θ it applied in the step just taken (``param_state`` is the base's
+    state of the parameter after that step); ``unsupported(group)`` says, for a group it cannot
+    describe exactly, why and what to change (None where it can)."""
+
+    coefficient: Callable[[torch.optim.Optimizer, dict, dict], float]
+    unsupported: Callable[[dict], Optional[str]] = lambda group: None
+
+
+def decoupled(optimizer, group: dict, param_state: dict) -> float:
+    """θ ← θ·(1 − η·λ) with the group's η and λ."""
+    return float(group["lr"]) * group.get("weight_decay", 0.0)
+
+
+def decoupled_if_flagged(optimizer, group: dict, param_state: dict) -> float:
+    """torch's Adam, NAdam, RAdam: decoupled with ``decoupled_weight_decay=True``, else coupled L2."""
+    return decoupled(optimizer, group, param_state) if group.get("decoupled_weight_decay") else 0.0
+
+
+def coupled(optimizer, group: dict, param_state: dict) -> float:
+    """L2 decay added to the gradient: part of the base update, which SAGE scales."""
+    return 0.0
+
+
+DECAY_RULES: Dict[type, DecayRule] = {
+    torch.optim.Adam: DecayRule(decoupled_if_flagged),  # AdamW is a subclass with the flag set
+    torch.optim.NAdam: DecayRule(decoupled_if_flagged),
+    torch.optim.RAdam: DecayRule(decoupled_if_flagged),
+    torch.optim.Adafactor: DecayRule(decoupled),
+    torch.optim.SGD: DecayRule(coupled),
+    torch.optim.Adagrad: DecayRule(coupled),
+    torch.optim.Adadelta: DecayRule(coupled),
+    torch.optim.RMSprop: DecayRule(coupled),
+    torch.optim.Adamax: DecayRule(coupled),
+}
+"""Decay rules by optimizer class; a subclass without an entry of its own uses its parent's."""
+
+PICKLED = ("optimizer", "beta0", "sage_eps", "check_finite", "sage_params", "defaults", "state")
+
+REPEATED_CLOSURE = (torch.optim.LBFGS,)
+"""Optimizers that evaluate the closure several times per step, which one SAGE multiplier per
+step cannot follow."""
+
+
+def register_decay_rule(optimizer_class: type, rule: DecayRule) -> None:
+    """Tell :class:`SAGE` how ``optimizer_class`` decays weights (see :class:`DecayRule`)."""
+    DECAY_RULES[optimizer_class] = rule
+
+
+def decay_rule(optimizer: torch.optim.Optimizer) -> Optional[DecayRule]:
+    """The rule of ``optimizer``'s class or of its nearest ancestor that has one."""
+    return next((DECAY_RULES[c] for c in type(optimizer).__mro__ if c in DECAY_RULES), None)
+
+
+def check_sage_hyperparameters(beta0: float, sage_eps: float, names: Optional[Dict[str, str]] = None) -> None:
+    """ValueError unless 0 ≤ beta0 < 1 and 0 ≤ sage_eps < ∞ (``names``: the flags users know them by)."""
+    names = names or {}
+    check_hyperparameters({"beta0": beta0, "sage_eps": sage_eps}, names)
+    if not math.isfinite(sage_eps):
+        raise ValueError(f"{names.get('sage_eps', 'sage_eps')} must be finite, got {sage_eps}")
+
+
+class SAGE(torch.optim.Optimizer):
+    """SAGE on top of ``optimizer``: θ ← (1 − c)·θ_old + m ⊙ (θ_new − (1 − c)·θ_old) (module doc).
+
+    ``params`` (default: all of ``optimizer``'s parameters) chooses the parameters that get SAGE;
+    the others get the base optimizer's plain update. ``param_groups`` are the base optimizer's,
+    so learning-rate schedulers given this wrapper drive the base optimizer; ``state`` holds the
+    wrapper's own per-parameter ``step`` (t) and ``sensitivity_ema`` (Ī), the base's state stays
+    in ``optimizer.state``. ``state_dict()`` is the base's, with ``sensitivity_ema`` and
+    ``sage_step`` added to each SAGE parameter's entry and a ``"sage"`` entry holding β0, ε and
+    the indices of the SAGE parameters; ``load_state_dict`` restores all of it.
+
+    ``step(closure)`` evaluates the closure once, then updates. With ``check_finite`` (default),
+    an update whose gradients hold a NaN or an infinity is skipped entirely (weights, Ī and the
+    base's state unchanged) with a RuntimeWarning. Sparse gradients are refused.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        beta0: float = 0.8,
+        sage_eps: float = DEFAULT_SAGE_EPS,
+        params: Optional[Iterable[Tensor]] = None,
+        check_finite: bool = True,
+    ):
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"SAGE wraps a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if isinstance(optimizer, (SAGE, _SAGEOptimizer)):
+            raise ValueError(f"{type(optimizer).__name__} already applies SAGE: use it alone")
+        if isinstance(optimizer, REPEATED_CLOSURE):
+            raise ValueError(f"SAGE cannot wrap {type(optimizer).__name__}: it evaluates the closure "
+                             "several times per step; use an optimizer that steps once per gradient")
+        check_sage_hyperparameters(beta0, sage_eps)
+        self.optimizer = optimizer
+        self.beta0 = beta0
+        self.sage_eps = sage_eps
+        self.check_finite = check_finite
+        self.sage_params = self._chosen(params)
+        self._decay_coefficients()  # refuses weight decay it cannot keep unmodulated
+        super().__setstate__({"defaults": {"beta0": beta0, "sage_eps": sage_eps}, "state": defaultdict(dict)})
+
+    @property
+    def param_groups(self) -> List[dict]:
+        return self.optimizer.param_groups
+
+    @property
+    def supports_memory_efficient_fp16(self) -> bool:
+        return getattr(self.optimizer, "supports_memory_efficient_fp16", False)
+
+    @property
+    def supports_flat_params(self) -> bool:
+        return getattr(self.optimizer, "supports_flat_params", False)
+
+    @property
+    def sage_param_groups(self) -> List[dict]:
+        """The SAGE parameters as one group with ``sage``, ``beta0`` and ``sage_eps``, as
+        :func:`fairseq_sage.optim.diagnostics.sage_statistics` reads them with :attr:`state`."""
+        return [{"params": self.sage_params, "sage": True, "beta0": self.beta0, "sage_eps": self.sage_eps}]
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a group to the base optimizer; its parameters get SAGE."""
+        self.optimizer.add_param_group(param_group)
+        self.sage_params.extend(self.param_groups[-1]["params"])
+        self._decay_coefficients()
+
+    def __getstate__(self) -> dict:
+        """What pickle and ``copy.deepcopy`` carry (torch's ``__setstate__`` re-creates the hooks)."""
+        return {key: self.__dict__[key] for key in PICKLED}
+
+    def __repr__(self) -> str:
+        return f"SAGE({self.optimizer!r}, beta0={self.beta0}, sage_eps={self.sage_eps})"
+
+    def _all_params(self) -> List[Tensor]:
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def _chosen(self, params: Optional[Iterable[Tensor]]) -> List[Tensor]:
+        everything = self._all_params()
+        if params is None:
+            return everything
+        chosen = list(params)
+        known = {id(p) for p in everything}
+        if not chosen or not all(id(p) in known for p in chosen):
+            raise ValueError("SAGE's params must be a non-empty selection of the wrapped optimizer's parameters")
+        return chosen
+
+    def _decay_coefficients(self) -> Dict[int, Callable[[dict], float]]:
+        """For each group holding SAGE parameters, by index: param_state -> c of that group.
+
+        Raises ValueError where a group's weight decay cannot be kept out of the modulation.
+        """
+        rule = decay_rule(self.optimizer)
+        sage = {id(p) for p in self.sage_params}
+        coefficients = {}
+        for index, group in enumerate(self.param_groups):
+            if not any(id(p) in sage for p in group["params"]):
+                continue
+            name = type(self.optimizer).__name__
+            if rule is None:
+                if group.get("weight_decay", 0.0) != 0.0:
+                    raise ValueError(
+                        f"SAGE does not know whether {name} decays weights in its update; set its "
+                        "weight_decay to 0 for the SAGE parameters (and decay them yourself), or "
+                        "describe it with fairseq_sage.optim.wrapper.register_decay_rule")
+                coefficients[index] = lambda state: 0.0
+                continue
+            problem = rule.unsupported(group)
+            if problem:
+                raise ValueError(f"SAGE cannot wrap {name} here: {problem}")
+            coefficients[index] = (lambda g: lambda state: rule.coefficient(self.optimizer, g, state))(group)
+        return coefficients
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:
+        """Evaluate ``closure`` (once), then take the base step and scale it by SAGE (class doc)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        grads = [p.grad for p in self._all_params() if p.grad is not None]
+        if any(g.is_sparse for g in grads):
+            raise RuntimeError("SAGE does not support sparse gradients")
+        if self.check_finite and not all_finite(grads):
+            warnings.warn("SAGE: a gradient holds NaN or inf; update skipped, weights and optimizer "
+                          "state left unchanged", RuntimeWarning)
+            return loss
+        coefficients = self._decay_coefficients()
+        old = {p: p.detach().clone() for p in self.sage_params if p.grad is not None}
+        self.optimizer.step()
+        for index, group in enumerate(self.param_groups):
+            for param in group["params"]:
+                if param in old:
+                    c = coefficients[index](self.optimizer.state.get(param, {}))
+                    self._modulate(param, old.pop(param), c)
+        return loss
+
+    def _modulate(self, param: Tensor, old: Tensor, decay: float) -> None:
+        """θ ← (1 − c)·θ_old + m ⊙ (θ_new − (1 − c)·θ_old), advancing Ī and t (module doc)."""
+        low_precision = param.dtype in LOW_PRECISION
+        old = old.float() if low_precision else old
+        grad = param.grad.float() if param.grad.dtype in LOW_PRECISION else param.grad
+        state = self.state[param]
+        if not state:
+            state["step"] = 0
+            state["sensitivity_ema"] = torch.zeros_like(old)
+        state["step"] += 1
+        multiplier = sage_multiplier_(state["sensitivity_ema"], old, grad, self.beta0, state["step"], self.sage_eps)
+        if decay:
+            old.mul_(1 - decay)
+        new = param.float() if low_precision else param
+        new.sub_(old).mul_(multiplier).add_(old)
+        if low_precision:
+            param.copy_(new)
+
+    def state_dict(self) -> dict:
+        """The base optimizer's state dict with Ī, t (``sensitivity_ema``, ``sage_step``) and
+        ``"sage"`` (β0, ε, SAGE parameter indices) added."""
+        state_dict = self.optimizer.state_dict()
+        index = {id(p): i for i, p in enumerate(self._all_params())}
+        state = dict(state_dict["state"])
+        for param, sage_state in self.state.items():
+            i = index[id(param)]
+            state[i] = dict(state.get(i, {}), sensitivity_ema=sage_state["sensitivity_ema"],
+                            sage_step=sage_state["step"])
+        sage = {"beta0": self.beta0, "sage_eps": self.sage_eps,
+                "params": sorted(index[id(p)] for p in self.sage_params)}
+        return dict(state_dict, state=state, sage=sage)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a :meth:`state_dict`: the base's part into the base optimizer, Ī (float32) and t here."""
+        if "sage" not in state_dict:
+            raise ValueError("this state dict holds no SAGE state (it is not a SAGE wrapper's)")
+        sage = state_dict["sage"]
+        check_sage_hyperparameters(sage["beta0"], sage["sage_eps"])
+        base_state = {}
+        for i, entry in state_dict["state"].items():
+            rest = {k: v for k, v in entry.items() if k not in SAGE_STATE_KEYS}
+            if rest:
+                base_state[i] = rest
+        base = {k: v for k, v in state_dict.items() if k != "sage"}
+        self.optimizer.load_state_dict(dict(base, state=base_state))
+        params = self._all_params()
+        chosen = sorted({id(p): i for i, p in enumerate(params)}[id(p)] for p in self.sage_params)
+        if list(sage["params"]) != chosen:
+            raise ValueError("the state dict's SAGE parameters are not the ones this wrapper modulates")
+        self.beta0, self.sage_eps = sage["beta0"], sage["sage_eps"]
+        self.state = defaultdict(dict)
+        for i, entry in state_dict["state"].items():
+            if "sensitivity_ema" in entry:
+                param = params[i]
+                self.state[param] = {
+                    "step": int(entry["sage_step"]),
+                    "sensitivity_ema": entry["sensitivity_ema"].to(param.device, torch.float32, copy=True),
+                }

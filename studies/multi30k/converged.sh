@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# The Multi30k De->En study of Adam against Adam-SAGE at convergence (docs/results.md), run in the
+# background and resumable:
+#   1. prepare the data once (recipes/multi30k/prepare.sh);
+#   2. budget phase: Adam at BUDGET_LR for BUDGET_MAX_UPDATE updates, validated at each epoch's end
+#      (fairseq --eval-bleu, greedy); studies/multi30k/budget.py picks the budget: MAX_UPDATE of
+#      every later run (WORKDIR/budget.json);
+#   3. the grid (ADAM_LRS; SAGE_LRS x SAGE_BETA0S; first seed of SEEDS): every run keeps a checkpoint
+#      at each epoch's end (the last AVERAGE_LAST), averages them (fairseq_sage.tools.average_checkpoints)
+#      into checkpoint_avg.pt, and scores it on val (beam 5, sacreBLEU); while an optimizer's best lr
+#      is at an edge of its grid, one lr beyond it is added (at most MAX_WIDEN times; plan.py widen);
+#   4. every seed of each best setting (highest validation BLEU of checkpoint_avg.pt), both models
+#      (checkpoint_avg.pt, checkpoint_best.pt: the best epoch by validation BLEU) scored on test2016
+#      and test2017 with sacreBLEU and chrF;
+#   5. per test set, sacreBLEU's paired bootstrap (--paired-bs) between each optimizer's best seed
+#      (by validation BLEU), and the pruning curve of both models (python -m fairseq_sage.analysis);
+#   6. figures and report (studies/multi30k/converged_report.py): WORKDIR/results.md and the
+#      converged section of RESULTS_DOC.
+# Finished steps are skipped (markers in .steps/), an interrupted training resumes from its last
+# epoch checkpoint, so a killed study loses at most the epoch in progress of each running run.
+# JOBS runs go at once. WORKDIR/progress.md says the runs done and remaining and the ETA.
+#
+# Usage: bash studies/multi30k/run_study.sh --converged [--data DIR] [--plan] [--foreground] [WORKDIR]
+#            [-- FAIRSEQ_TRAIN_FLAGS...]
+#   without --foreground the study goes to the background (output in WORKDIR/study.log) after
+#   printing its time estimate; the same command resumes it. WORKDIR: default runs/multi30k_converged
+#
+# Environment (defaults in brackets):
+#   ADAM_LRS [2e-3 4e-3 6e-3]  SAGE_LRS [4e-3 8e-3 1.2e-2]  SAGE_BETA0S [0.6 0.8]  SEEDS [1 2 3 4 5]
+#   MAX_WIDEN [2]  lrs that may be added to each optimizer's grid
+#   BUDGET_LR [4e-3]  BUDGET_MAX_UPDATE [2600]  BUDGET_TAIL [0.2]  BUDGET_MIN_GAIN [0.3]  the budget rule
+#   AVERAGE_LAST [5]  epoch checkpoints averaged   MAX_TOKENS [4096]  WARMUP_UPDATES [200]  LOG_INTERVAL [25]
+#   MAX_TRAIN_LINES, MAX_TEST_LINES, SPM_VOCAB_SIZE, PRUNE_*, RESULTS_DOC: as in run_study.sh
+#   JOBS [2]  runs at once; with JOBS > 1 and no OMP_NUM_THREADS, each gets nproc / JOBS threads
+set -euo pipefail
+RECIPE=multi30k-converged
+STUDY_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$STUDY_DIR/../../recipes/common.sh"
+source "$STUDY_DIR/lib.sh"
+USAGE="usage: bash studies/multi30k/run_study.sh --converged [--data DIR] [--plan] [--foreground] [WORKDIR] [-- FAIRSEQ_TRAIN_FLAGS...]"
+
+FIXED_SETTINGS=(MAX_TRAIN_LINES MAX_TEST_LINES SPM_VOCAB_SIZE BUDGET_LR BUDGET_MAX_UPDATE BUDGET_TAIL
+    BUDGET_MIN_GAIN AVERAGE_LAST WARMUP_UPDATES MAX_TOKENS LOG_INTERVAL TRAIN_FLAGS)
+PLAN_SETTINGS=(ADAM_LRS SAGE_LRS SAGE_BETA0S SEEDS MAX_WIDEN JOBS PRUNE_LEVELS PRUNE_SUBSET PRUNE_BATCHES)
+declare -A DEFAULTS=(
+    [ADAM_LRS]="2e-3 4e-3 6e-3" [SAGE_LRS]="4e-3 8e-3 1.2e-2" [SAGE_BETA0S]="0.6 0.8" [SEEDS]="1 2 3 4 5"
+    [MAX_WIDEN]=2 [BUDGET_LR]=4e-3 [BUDGET_MAX_UPDATE]=2600 [BUDGET_TAIL]=0.2 [BUDGET_MIN_GAIN]=0.3
+    [AVERAGE_LAST]=5 [MAX_TOKENS]=4096 [WARMUP_UPDATES]=200 [LOG_INTERVAL]=25 [JOBS]=2
+    [MAX_TRAIN_LINES]=all [MAX_TEST_LINES]=all [SPM_VOCAB_SIZE]=8000
+    [PRUNE_LEVELS]=0,10,20,30,40 [PRUNE_SUBSET]=test [PRUNE_BATCHES]=8
+)
+AVERAGED=checkpoint_avg
+
+check_settings() {
+    local setting
+    check_grid_settings
+    require_numbers BUDGET_LR '^[0-9]+(\.[0-9]+)?([eE]-?[0-9]+)?$' "a learning rate like 4e-3"
+    [[ $BUDGET_TAIL =~ ^0?\.[0-9]*[1-9][0-9]*$ ]] || fail "BUDGET_TAIL=$BUDGET_TAIL: give a fraction in (0, 1) like 0.2"
+    [[ $BUDGET_MIN_GAIN =~ ^[0-9]+(\.[0-9]+)?$ ]] || fail "BUDGET_MIN_GAIN=$BUDGET_MIN_GAIN: give BLEU points like 0.3"
+    [[ $MAX_WIDEN =~ ^[0-9]+$ ]] || fail "MAX_WIDEN=$MAX_WIDEN: must be a whole number like 2"
+    for setting in BUDGET_MAX_UPDATE AVERAGE_LAST MAX_TOKENS WARMUP_UPDATES LOG_INTERVAL JOBS; do
+        require_positive_integer "$setting"
+    done
+}
+
+# average_run: average the run's last AVERAGE_LAST epoch checkpoints into checkpoint_avg.pt.
+average_run() {
+    quietly "$RUN_DIR/logs/average.out" env PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" \
+        -m fairseq_sage.tools.average_checkpoints --inputs "$RUN_DIR/checkpoints/$RUN_OPTIMIZER" \
+        --num-epoch-checkpoints "$AVERAGE_LAST" --output "$RUN_DIR/checkpoints/$RUN_OPTIMIZER/$AVERAGED.pt"
+}
+
+score_validation() {
+    EVAL_MODEL=$AVERAGED score_sets "$RUN_DIR/logs/valid.out" valid
+}
+
+# sacrebleu_json OUTPUT SACREBLEU_ARGS...: sacreBLEU's JSON result in OUTPUT (atomically), its messages
+# in OUTPUT.log.
+sacrebleu_json() {
+    local output=$1
+    shift
+    "$PYTHON" -m sacrebleu "$@" --format json </dev/null >"$output.partial" 2>"$output.log" ||
+        fail "sacrebleu failed; its messages are in $output.log"
+    mv "$output.partial" "$output"
+}
+
+# score_tests: sacreBLEU (evaluate.sh) and chrF (sacrebleu -m chrf) of both models on both test sets.
+score_tests() {
+    local model name folder
+    for model in "$AVERAGED" checkpoint_best; do
+        EVAL_MODEL=$model score_sets "$RUN_DIR/logs/test.$model.out" test2016 test2017
+        folder=$(EVAL_MODEL=$model eval_dir)
+        for name in test2016 test2017; do
+            sacrebleu_json "$folder/$name.chrf.json" "$RUN_DIR/text/$name.en" --input "$folder/$name.hyp" \
+                --metrics chrf --width 2
+        done
+    done
+}
+
+# process_run STAGE NAME OPTIMIZER LR BETA0 SEED: train, average and score one run (STAGE grid or
+# final: final runs are also scored on the test sets), then update the progress file.
+process_run() {
+    local stage=$1
+    shift
+    use_run "$@"
+    local settings="lr=$RUN_LR beta0=${RUN_BETA0:--} seed=$RUN_SEED updates=$MAX_UPDATE"
+    run_step "$RUN_NAME.train" train_run "$settings"
+    run_step "$RUN_NAME.average" average_run "last $AVERAGE_LAST epochs of $(digest "$RUN_CHECKPOINT")"
+    local averaged="checkpoint md5 $(digest "$RUN_DIR/checkpoints/$RUN_OPTIMIZER/$AVERAGED.pt")"
+    run_step "$RUN_NAME.valid" score_validation "$averaged"
+    [[ $stage == grid ]] || run_step "$RUN_NAME.test" score_tests "$averaged best md5 $(digest "$RUN_CHECKPOINT")"
+    study_python progress "$WORKDIR" >/dev/null
+}
+
+# run_all STAGE: process_run each `NAME OPTIMIZER LR BETA0 SEED` line of stdin, JOBS at a time.
+run_all() {
+    local stage=$1 line pids=() pid failed=0
+    while read -r line; do
+        [[ -n $line ]] || continue
+        while [[ $(jobs -rp | wc -l) -ge $JOBS ]]; do
+            wait -n || true
+        done
+        # shellcheck disable=SC2086
+        (process_run "$stage" $line) &
+        pids+=($!)
+    done
+    for pid in "${pids[@]}"; do
+        wait "$pid" || failed=1
+    done
+    [[ $failed == 0 ]] || fail "a run of the $stage failed; its error is above, its logs in $WORKDIR/runs/RUN/logs"
+}
+
+# paired_bootstrap: sacreBLEU's paired bootstrap, Adam's best seed as the baseline, per test set.
+paired_bootstrap() {
+    local pair name
+    mapfile -t pair < <(study_python plan pair "$WORKDIR" | cut -d' ' -f1)
+    mkdir -p "$WORKDIR/paired"
+    for name in test2016 test2017; do
+        sacrebleu_json "$WORKDIR/paired/$name.json" "$WORKDIR/data/text/$name.en" \
+            --input "$WORKDIR/runs/${pair[0]}/eval/adam/$AVERAGED/$name.hyp" \
+            "$WORKDIR/runs/${pair[1]}/eval/adam_sage/$AVERAGED/$name.hyp" --paired-bs --metrics bleu
+    done
+}
+
+write_report() {
+    quietly "$WORKDIR/report.out" study_python converged_report "$WORKDIR" --doc "$RESULTS_DOC"
+}
+
+parse_arguments "$REPO_ROOT/runs/multi30k_converged" "$@"
+apply_defaults
+check_settings
+MAX_UPDATE=budget
+SELECTION_MODEL=$AVERAGED
+FIXED_SETTINGS+=(MAX_UPDATE SELECTION_MODEL)
+record_settings
+if [[ $PLAN_ONLY == 1 ]]; then
+    study_python converged_report "$WORKDIR" --doc "$RESULTS_DOC"
+    exit 0
+fi
+exec 9>"$WORKDIR/.lock"
+flock -n 9 || fail "a study is already running in $WORKDIR; its progress is in $WORKDIR/progress.md"
+if [[ $FOREGROUND == 0 ]]; then
+    study_python progress "$WORKDIR" --estimate
+    exec 9>&-
+    setsid nohup bash "$STUDY_DIR/converged.sh" --foreground ${DATA:+--data "$DATA"} "$WORKDIR" \
+        -- "${USER_TRAIN_FLAGS[@]}" </dev/null >>"$WORKDIR/study.log" 2>&1 &
+    log "running in the background (process group $!): output in $WORKDIR/study.log, progress in" \
+        "$WORKDIR/progress.md; run the same command again to resume it after an interruption"
+    exit 0
+fi
+if [[ $JOBS -gt 1 && -z ${OMP_NUM_THREADS:-} ]]; then
+    export OMP_NUM_THREADS=$(($(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1))
+fi
+export PYTHON WORKERS WARMUP_UPDATES MAX_TOKENS MAX_TRAIN_LINES MAX_TEST_LINES SPM_VOCAB_SIZE
+export EPOCH_CHECKPOINTS=1
+STUDY_TRAIN_FLAGS=(--log-interval "$LOG_INTERVAL" --keep-last-epochs "$AVERAGE_LAST" --eval-bleu
+    --eval-bleu-args '{"beam": 1, "max_len_a": 1.2, "max_len_b": 10}' --eval-bleu-remove-bpe sentencepiece
+    --best-checkpoint-metric bleu --maximize-best-checkpoint-metric)
+started=$SECONDS
+log "started (pid $$) with $JOBS run(s) at a time"
+
+quietly "$WORKDIR/data/prepare.out" bash "$RECIPES_DIR/multi30k/prepare.sh" ${DATA:+--data "$DATA"} "$WORKDIR/data"
+
+use_run budget adam "$BUDGET_LR" - "${SEEDS%% *}"
+MAX_UPDATE=$BUDGET_MAX_UPDATE EPOCH_CHECKPOINTS=0 run_step budget.train train_run "lr=$BUDGET_LR updates=$BUDGET_MAX_UPDATE"
+MAX_UPDATE=$(study_python budget "$WORKDIR")
+export MAX_UPDATE
+log "budget: $MAX_UPDATE updates per run ($WORKDIR/budget.json)"
+study_python progress "$WORKDIR" >/dev/null
+
+grid=$(study_python plan grid "$WORKDIR")
+while [[ -n $grid ]]; do
+    run_all grid <<<"$grid"
+    grid=$(study_python plan widen "$WORKDIR")
+    [[ -z $grid ]] || log "widened the grid: $(cut -d' ' -f1 <<<"$grid" | xargs)"
+done
+run_all final < <(study_python plan final "$WORKDIR")
+
+STEPS_DIR=$WORKDIR/.steps
+pair=$(study_python plan pair "$WORKDIR" | cut -d' ' -f1 | xargs)
+run_step paired-bootstrap paired_bootstrap "$pair $(cat "$WORKDIR"/runs/*/.steps/*.test.done | md5sum | cut -d' ' -f1)"
+while read -r name optimizer lr beta0 seed; do
+    use_run "$name" "$optimizer" "$lr" "$beta0" "$seed"
+    RUN_CHECKPOINT=$RUN_DIR/checkpoints/$optimizer/$AVERAGED.pt
+    STEPS_DIR=$WORKDIR/.steps
+    pruning_settings="levels=$PRUNE_LEVELS subset=$PRUNE_SUBSET batches=$PRUNE_BATCHES"
+    run_step "$optimizer.pruning" prune_run "$name checkpoint md5 $(digest "$RUN_CHECKPOINT") $pruning_settings"
+done < <(study_python plan pair "$WORKDIR")
+
+STEPS_DIR=$WORKDIR/.steps
+run_step report write_report "inputs md5 $(report_inputs_digest) doc=$RESULTS_DOC"
+study_python progress "$WORKDIR" >/dev/null
+log "finished in $((SECONDS - started)) s; report: $WORKDIR/results.md and $RESULTS_DOC"

@@ -1,0 +1,328 @@
+"""SAGE(optimizer) against AdamSAGE and against Adafactor / NAdam re-implemented here from their equations."""
+
+import copy
+import io
+import math
+import pickle
+
+import pytest
+import torch
+
+from fairseq_sage import SAGE, AdamSAGE
+from test_optimizers import gradient_sequence, reference_multiplier, run_optimizer
+
+SHAPES = [(6, 4), (5,), (3, 2, 4)]
+STEPS = 12
+
+
+def make_params(shapes=SHAPES, dtype=torch.float32, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(s, generator=generator, dtype=torch.float64).to(dtype)) for s in shapes]
+
+
+def twin(params):
+    return [torch.nn.Parameter(p.detach().clone()) for p in params]
+
+
+def gradients(shapes=SHAPES, dtype=torch.float32, steps=STEPS):
+    return [gradient_sequence(s, dtype, steps, seed=i) for i, s in enumerate(shapes)]
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.1])
+def test_sage_over_torch_adam_equals_adam_sage(decay):
+    """With eps = 0 torch's θ − η/(1−β1^t)·m/(√v/√(1−β2^t) + eps) is AdamSAGE's
+    θ − η√(1−β2^t)/(1−β1^t)·m/(√v + eps); the second group gets no SAGE in both."""
+    params = make_params()
+    others = twin(params)
+    grads = gradients()
+    hyper = dict(lr=3e-2, betas=(0.9, 0.98), eps=0.0, weight_decay=decay)
+    base = torch.optim.AdamW([{"params": params[:2]}, {"params": params[2:], "lr": 1e-2}], **hyper)
+    wrapper = SAGE(base, beta0=0.7, params=params[:2])
+    reference = AdamSAGE([{"params": others[:2]}, {"params": others[2:], "lr": 1e-2, "sage": False}],
+                         beta0=0.7, impl="reference", **hyper)
+    run_optimizer(wrapper, params, grads)
+    run_optimizer(reference, others, grads)
+    for p, q in zip(params, others):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
+    for p, q in zip(params[:2], others[:2]):
+        assert wrapper.state[p]["step"] == STEPS
+        torch.testing.assert_close(wrapper.state[p]["sensitivity_ema"], reference.state[q]["sensitivity_ema"])
+    assert params[2] not in wrapper.state
+
+
+def test_parameters_without_sage_get_the_plain_base_update_bit_for_bit():
+    params = make_params()
+    plain = twin(params)
+    grads = gradients()
+    run_optimizer(SAGE(torch.optim.Adam(params, lr=1e-2), params=params[:1]), params, grads)
+    run_optimizer(torch.optim.Adam(plain, lr=1e-2), plain, grads)
+    assert not torch.equal(params[0], plain[0])
+    for p, q in zip(params[1:], plain[1:]):
+        assert torch.equal(p, q)
+
+
+def rms(x):
+    return x.pow(2).mean().sqrt()
+
+
+def adafactor_sage_reference(theta, grads, lr, decay, beta0, clip=1.0, beta2_decay=-0.8, eps2=1e-3):
+    """Adafactor (Shazeer & Stern, 2018, as torch.optim.Adafactor states it) with SAGE.
+
+    ρ = min(lr, 1/√t), α = max(ε2, RMS(θ))·ρ, β̂2 = 1 − t^c; matrices: R ← β̂2 R + (1−β̂2) mean_j G²,
+    C ← β̂2 C + (1−β̂2) mean_i G², V = R Cᵀ / mean(R); vectors: V ← β̂2 V + (1−β̂2) G²;
+    U = G / √max(V, ε1²), Û = U / max(1, RMS(U)/d); θ ← θ(1 − lr·λ) − α · m ⊙ Û.
+    """
+    eps1 = torch.finfo(torch.float32).eps
+    theta = theta.double().clone()
+    ema = torch.zeros_like(theta)
+    row = col = var = None
+    for t, g in enumerate(grads, start=1):
+        g = g.double()
+        multiplier, ema = reference_multiplier(theta, g, ema, t, beta0, 1e-12)
+        one_minus_beta2 = t**beta2_decay
+        alpha = max(eps2, rms(theta).item()) * min(lr, 1 / math.sqrt(t))
+        if g.dim() > 1:
+            row_mean, col_mean = (g * g).mean(-1, keepdim=True), (g * g).mean(-2, keepdim=True)
+            row = row_mean * one_minus_beta2 if row is None else (1 - one_minus_beta2) * row + one_minus_beta2 * row_mean
+            col = col_mean * one_minus_beta2 if col is None else (1 - one_minus_beta2) * col + one_minus_beta2 * col_mean
+            v = row @ col / row.mean(-2, keepdim=True).clamp(min=eps1)
+        else:
+            var = g * g * one_minus_beta2 if var is None else (1 - one_minus_beta2) * var + one_minus_beta2 * g * g
+            v = var
+        update = g / v.clamp(min=eps1 * eps1).sqrt()
+        update = update / max(1.0, rms(update).item() / clip)
+        theta = theta * (1 - lr * decay) - alpha * multiplier * update
+    return theta
+
+
+def test_adafactor_sage_matches_its_equations():
+    shapes = [(6, 4), (5,)]
+    params = make_params(shapes)
+    start = [p.detach().clone() for p in params]
+    grads = gradients(shapes)
+    run_optimizer(SAGE(torch.optim.Adafactor(params, lr=2e-2, weight_decay=0.5), beta0=0.8), params, grads)
+    for p, theta, g in zip(params, start, grads):
+        expected = adafactor_sage_reference(theta, g, lr=2e-2, decay=0.5, beta0=0.8)
+        torch.testing.assert_close(p.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def nadam_sage_reference(theta, grads, lr, decay, decoupled, beta0, betas=(0.9, 0.999), eps=1e-8, psi=4e-3):
+    """NAdam (Dozat, 2016, as torch.optim.NAdam states it) with SAGE.
+
+    μ_t = β1(1 − ½·0.96^{tψ}); m ← β1 m + (1−β1) g; v ← β2 v + (1−β2) g²; v̂ = v/(1−β2^t);
+    θ ← θ − m_SAGE ⊙ [η(1−μ_t)/(1−Π_{i≤t} μ_i)·g + η μ_{t+1}/(1−Π_{i≤t+1} μ_i)·m] / (√v̂ + ε);
+    decoupled decay θ ← θ(1 − ηλ) first, unmodulated; coupled decay g ← g + λθ (modulated with the
+    update), while the sensitivity uses the loss gradient.
+    """
+    b1, b2 = betas
+    theta = theta.double().clone()
+    m = torch.zeros_like(theta)
+    v = torch.zeros_like(theta)
+    ema = torch.zeros_like(theta)
+    mu_product = 1.0
+    for t, g in enumerate(grads, start=1):
+        g = g.double()
+        multiplier, ema = reference_multiplier(theta, g, ema, t, beta0, 1e-12)
+        decayed = theta * (1 - lr * decay) if decoupled else theta
+        if not decoupled:
+            g = g + decay * theta
+        mu, mu_next = (b1 * (1 - 0.5 * 0.96 ** (k * psi)) for k in (t, t + 1))
+        mu_product *= mu
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        denom = (v / (1 - b2**t)).sqrt() + eps
+        update = lr * (1 - mu) / (1 - mu_product) * g + lr * mu_next / (1 - mu_product * mu_next) * m
+        theta = decayed - multiplier * update / denom
+    return theta
+
+
+@pytest.mark.parametrize("decoupled", [True, False], ids=["decoupled-decay", "coupled-l2"])
+def test_nadam_sage_matches_its_equations(decoupled):
+    params = make_params()
+    start = [p.detach().clone() for p in params]
+    grads = gradients()
+    base = torch.optim.NAdam(params, lr=1e-2, weight_decay=0.3, decoupled_weight_decay=decoupled)
+    run_optimizer(SAGE(base, beta0=0.6), params, grads)
+    for p, theta, g in zip(params, start, grads):
+        expected = nadam_sage_reference(theta, g, lr=1e-2, decay=0.3, decoupled=decoupled, beta0=0.6)
+        torch.testing.assert_close(p.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+class ShrinkingSGD(torch.optim.Optimizer):
+    """An optimizer SAGE has no decay rule for."""
+
+    def __init__(self, params, lr=0.1, weight_decay=0.0):
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay))
+
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.data.mul_(1 - group["weight_decay"]).add_(p.grad, alpha=-group["lr"])
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda p: SAGE(ShrinkingSGD(p, weight_decay=0.1)), "does not know whether ShrinkingSGD decays weights"),
+        (lambda p: SAGE(torch.optim.LBFGS(p)), "LBFGS: it evaluates the closure several times per step"),
+        (lambda p: SAGE(AdamSAGE(p)), "AdamSAGE already applies SAGE"),
+        (lambda p: SAGE(torch.optim.Adam(p), beta0=1.0), r"beta0 must be in \[0, 1\)"),
+        (lambda p: SAGE(torch.optim.Adam(p), beta0=float("nan")), r"beta0 must be in \[0, 1\)"),
+        (lambda p: SAGE(torch.optim.Adam(p), sage_eps=-1.0), "sage_eps must be >= 0"),
+        (lambda p: SAGE(torch.optim.Adam(p), sage_eps=float("inf")), "sage_eps must be finite"),
+        (lambda p: SAGE(torch.optim.Adam(p[:1]), params=p[1:]), "selection of the wrapped optimizer's parameters"),
+    ],
+)
+def test_what_cannot_work_is_refused_with_one_clear_error(build, message):
+    with pytest.raises(ValueError, match=message):
+        build(make_params())
+
+
+def test_an_optimizer_without_a_rule_runs_when_it_does_not_decay():
+    params = make_params()
+    plain = twin(params)
+    grads = gradients()
+    wrapper = SAGE(ShrinkingSGD(params, lr=0.1))
+    run_optimizer(wrapper, params, grads)
+    ema = [torch.zeros_like(q) for q in plain]
+    for t, step_grads in enumerate(zip(*grads), start=1):
+        for i, (q, g) in enumerate(zip(plain, step_grads)):
+            multiplier, ema[i] = reference_multiplier(q.detach(), g, ema[i], t, 0.8, 1e-12)
+            q.data.sub_(0.1 * multiplier * g)
+    for p, q in zip(params, plain):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
+
+
+def test_state_dict_round_trip_continues_bit_identically():
+    params = make_params()
+    grads = gradients()
+    straight = twin(params)
+    run_optimizer(SAGE(torch.optim.Adafactor(straight, lr=1e-2, weight_decay=0.1)), straight, grads)
+
+    first = SAGE(torch.optim.Adafactor(params, lr=1e-2, weight_decay=0.1))
+    run_optimizer(first, params, [g[:5] for g in grads])
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    assert saved["sage"] == {"beta0": 0.8, "sage_eps": 1e-12, "params": [0, 1, 2]}
+    assert all(saved["state"][i]["sage_step"] == 5 for i in range(3))
+    assert all(saved["state"][i]["step"] == 5 for i in range(3)), "the base's own state is kept"
+    resumed = SAGE(torch.optim.Adafactor(params, lr=1e-2, weight_decay=0.1))
+    resumed.load_state_dict(saved)
+    run_optimizer(resumed, params, [g[5:] for g in grads])
+    for p, q in zip(params, straight):
+        assert torch.equal(p, q)
+
+
+def test_lr_scheduler_drives_the_base_optimizer(recwarn):
+    params = make_params()
+    manual = twin(params)
+    grads = gradients()
+    wrapper = SAGE(torch.optim.SGD(params, lr=0.1, momentum=0.9))
+    scheduler = torch.optim.lr_scheduler.StepLR(wrapper, step_size=1, gamma=0.5)
+    by_hand = SAGE(torch.optim.SGD(manual, lr=0.1, momentum=0.9))
+    for t, step_grads in enumerate(zip(*grads)):
+        for p, q, g in zip(params, manual, step_grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        wrapper.step()
+        scheduler.step()
+        by_hand.param_groups[0]["lr"] = 0.1 * 0.5**t
+        by_hand.step()
+        assert wrapper.optimizer.param_groups[0]["lr"] == 0.1 * 0.5 ** (t + 1)
+    for p, q in zip(params, manual):
+        assert torch.equal(p, q)
+    assert not [w for w in recwarn if "lr_scheduler" in str(w.message)]
+
+
+def test_closure_is_evaluated_once_and_its_loss_returned():
+    params = make_params([(4,)])
+    target = torch.arange(4.0)
+    calls = []
+
+    def closure():
+        calls.append(1)
+        params[0].grad = None
+        loss = (params[0] - target).pow(2).sum()
+        loss.backward()
+        return loss
+
+    wrapper = SAGE(torch.optim.Adam(params, lr=0.1))
+    before = params[0].detach().clone()
+    loss = wrapper.step(closure)
+    assert calls == [1]
+    assert loss.item() == pytest.approx((before - target).pow(2).sum().item())
+    assert not torch.equal(params[0], before)
+
+
+def test_bfloat16_parameters_are_combined_in_float32_and_rounded_once():
+    params = make_params(dtype=torch.bfloat16)
+    base_twin = twin(params)
+    grads = gradients(dtype=torch.bfloat16, steps=3)
+    wrapper = SAGE(torch.optim.Adam(params, lr=1e-2))
+    plain = torch.optim.Adam(base_twin, lr=1e-2)
+    ema = [torch.zeros(p.shape) for p in params]
+    for t, step_grads in enumerate(zip(*grads), start=1):
+        for p, q, g in zip(params, base_twin, step_grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        olds = [q.detach().float() for q in base_twin]
+        wrapper.step()
+        plain.step()  # the base's step from the same weights and state gives θ_new
+        for i, (p, q, g, old) in enumerate(zip(params, base_twin, step_grads, olds)):
+            multiplier, ema[i] = reference_multiplier(old, g.float(), ema[i], t, 0.8, 1e-12)
+            expected = (old + multiplier * (q.detach().float() - old)).bfloat16()
+            assert torch.equal(p.detach(), expected), (t, i)
+            q.data.copy_(p.detach())  # both continue from the modulated weights
+    state = wrapper.state[params[0]]["sensitivity_ema"]
+    assert state.dtype == torch.float32
+    torch.testing.assert_close(state, ema[0], rtol=1e-6, atol=0)
+    reloaded = SAGE(torch.optim.Adam(params, lr=1e-2))
+    reloaded.load_state_dict(wrapper.state_dict())
+    assert torch.equal(reloaded.state[params[0]]["sensitivity_ema"], state)
+
+
+def test_a_non_finite_gradient_skips_the_update_and_leaves_all_state_alone():
+    params = make_params()
+    grads = gradients(steps=2)
+    wrapper = SAGE(torch.optim.Adam(params, lr=1e-2))
+    run_optimizer(wrapper, params, [g[:1] for g in grads])
+    before = copy.deepcopy((wrapper.state_dict(), [p.detach().clone() for p in params]))
+    for p, g in zip(params, grads):
+        p.grad = g[1].clone()
+    params[1].grad[2] = float("nan")
+    with pytest.warns(RuntimeWarning, match="update skipped"):
+        wrapper.step()
+    after = wrapper.state_dict()
+    assert all(torch.equal(p, q) for p, q in zip(params, before[1]))
+    for i, entry in before[0]["state"].items():
+        for key, value in entry.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(after["state"][i][key])), (i, key)
+
+
+@pytest.mark.parametrize("duplicate", [copy.deepcopy, lambda o: pickle.loads(pickle.dumps(o))], ids=["deepcopy", "pickle"])
+def test_a_copy_continues_like_the_original_and_independently(duplicate):
+    params = make_params()
+    grads = gradients()
+    original = SAGE(torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1), beta0=0.6, params=params[:2])
+    run_optimizer(original, params, [g[:4] for g in grads])
+    clone = duplicate(original)
+    clone_params = [p for group in clone.param_groups for p in group["params"]]
+    assert [id(p) for p in clone.sage_params] == [id(p) for p in clone_params[:2]]
+    assert set(map(id, clone.state)) == set(map(id, clone_params[:2]))
+    run_optimizer(original, params, [g[4:] for g in grads])
+    frozen = [p.detach().clone() for p in params]
+    run_optimizer(clone, clone_params, [g[4:] for g in grads])
+    for p, q, r in zip(params, clone_params, frozen):
+        assert torch.equal(p, q) and torch.equal(p, r)
+
+
+def test_the_overhead_benchmark_prints_a_row_per_optimizer(capsys):
+    from benchmarks import wrapper_overhead
+
+    wrapper_overhead.main(["--arch", "tiny", "--warmup", "1", "--repeats", "2"])
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "ms" not in line]
+    by_name = {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows}
+    assert list(by_name) == ["Adafactor", "SAGE(Adafactor)", "Adam", "SAGE(Adam)"]
+    for base in ("Adafactor", "Adam"):
+        assert by_name[base][1] == "1.00"
+        assert float(by_name[f"SAGE({base})"][2]) == pytest.approx(float(by_name[base][2]) + 4, abs=0.02), "Ī: 4 bytes"
