@@ -17,15 +17,25 @@ setup(
         # build of fairseq's main branch with wheels for 3.11 and 3.12. Both provide `import fairseq`.
         'fairseq==0.12.2; python_version < "3.11"',
         've-fairseq==0.12.3; python_version >= "3.11"',
+        # Both fairseq builds also require torchaudio, which only their speech tasks import (lazily).
+        # No torchaudio release matches torch 2.13 (the last, 2.11.1, is built for torch 2.11 and its
+        # compiled library fails to load with newer torch), and Hugging Face Transformers imports
+        # torchaudio whenever it is installed, so a broken one breaks `import transformers`. Pinning
+        # torch back to 2.11 would give up the torch this project is developed and measured on, so
+        # the environment that `make` creates (scripts/setup_venv.sh) keeps torchaudio only where
+        # `import torchaudio` works and uninstalls it otherwise; setup.py cannot drop a dependency of
+        # a dependency, so a manual install does the same step (README, "Manual installation").
         "sacrebleu>=2.0",
     ],
     extras_require={
-        "recipes": ["sacremoses>=0.1", "subword-nmt>=0.3.8", "sentencepiece>=0.1.99"],
+        "recipes": ["sacremoses>=0.1", "subword-nmt>=0.3.8", "sentencepiece>=0.1.99", "matplotlib>=3.5"],
         "analysis": ["matplotlib>=3.5"],
         "test": [
             "pytest>=7", "matplotlib>=3.5", "sacremoses>=0.1", "subword-nmt>=0.3.8", "sentencepiece>=0.1.99",
             "fairscale>=0.4.13",  # --zero-sharding os
         ],
+        # SAGE in Hugging Face's Seq2SeqTrainer and in PyTorch Lightning (README, tests/test_hf_lightning.py)
+        "hf": ["transformers>=4.46", "accelerate>=1.0", "lightning>=2.2"],
     },
     entry_points={
         "console_scripts": [

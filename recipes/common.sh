@@ -75,6 +75,33 @@ data_prep() {
     PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m "data_prep.$module" "$@"
 }
 
+# quiet_python MODULE ARGS...: `python -m MODULE ARGS...` with the repository importable and the
+# third-party deprecation warnings listed in recipes/quiet.py silenced.
+quiet_python() {
+    PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" "$RECIPES_DIR/quiet.py" "$@"
+}
+
+# show_log_problems LOG STATUS: print the warnings and errors that LOG holds (Python warnings and
+# logged WARNING/ERROR lines: the third-party deprecations are already silenced) and, if STATUS is
+# not 0, LOG's last lines and its path; return STATUS.
+show_log_problems() {
+    local log=$1 status=$2
+    grep -E '[A-Za-z]*Warning: |\| (WARNING|ERROR) \||^(WARNING|ERROR):' "$log" >&2 || true
+    if [[ $status -ne 0 ]]; then
+        echo "last lines of $log:" >&2
+        tail -n 15 "$log" >&2
+    fi
+    return "$status"
+}
+
+# run_logged LOG COMMAND...: run COMMAND with its output appended to LOG, then show_log_problems.
+run_logged() {
+    local log=$1 status=0
+    shift
+    "$@" >>"$log" 2>&1 || status=$?
+    show_log_problems "$log" "$status"
+}
+
 # run_step NAME FUNCTION [SETTINGS]: run FUNCTION unless step NAME is marked done with the
 # same SETTINGS (a string naming the options its output depends on), then mark it done.
 run_step() {
@@ -139,7 +166,11 @@ binarize() {
     local destination=$1
     shift
     rm -rf "$destination.partial"
-    "$PYTHON" -m fairseq_cli.preprocess "$@" --workers "$WORKERS" --destdir "$destination.partial"
+    mkdir -p "$(dirname "$destination")"
+    : >"$destination.log"
+    run_logged "$destination.log" quiet_python fairseq_cli.preprocess "$@" --workers "$WORKERS" \
+        --destdir "$destination.partial"
+    log "fairseq-preprocess log: $destination.log"
     rm -rf "$destination"
     mv "$destination.partial" "$destination"
 }
@@ -158,24 +189,36 @@ report_sizes() {
 
 # train_once SAVE_DIR WRITES COMMAND...: run the fairseq-train COMMAND, its output appended to
 # SAVE_DIR/train.log, unless SAVE_DIR/train.done records the same command; fail unless the run
-# left SAVE_DIR/WRITES (a checkpoint file name), then record the command in train.done. Progress
-# lines name OPTIMIZER.
+# left SAVE_DIR/WRITES (a checkpoint file name), then record the command in train.done. The console
+# gets one line naming the log, a progress line on a terminal (recipes/progress.py; not with
+# NO_PROGRESS=1, when the caller shows it) and one line when it is done. Lines name OPTIMIZER; the
+# run's progress counts up to MAX_UPDATE when that is set.
 train_once() {
-    local save_dir=$1 writes=$2
+    local save_dir=$1 writes=$2 status=0 watcher=""
     shift 2
-    local done_marker=$save_dir/train.done
+    local done_marker=$save_dir/train.done log=$save_dir/train.log
     if [[ -f $done_marker && "$(cat "$done_marker")" == "$*" ]]; then
         log "skip training $OPTIMIZER: already done (delete $done_marker to train again)"
         return 0
     fi
     mkdir -p "$save_dir"
-    log "training $OPTIMIZER: $*"
-    # fairseq's own --log-file repeats every line once per epoch: copy the output with tee instead
-    PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$@" 2>&1 | tee -a "$save_dir/train.log"
-    [[ -f $save_dir/$writes ]] || fail "fairseq-train wrote no $save_dir/$writes"
+    log "training $OPTIMIZER, log: $log"
+    printf 'command: %s\n' "$*" >>"$log"
+    if [[ -z ${NO_PROGRESS:-} ]]; then
+        PYTHONPATH="$REPO_ROOT" "$PYTHON" "$RECIPES_DIR/progress.py" "$OPTIMIZER=$log:${MAX_UPDATE:-?}" &
+        watcher=$!
+    fi
+    # fairseq's own --log-file repeats every line once per epoch: redirect the output instead
+    PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$@" >>"$log" 2>&1 || status=$?
+    if [[ -n $watcher ]]; then
+        kill "$watcher" 2>/dev/null || true  # it has exited already where the output is no terminal
+        wait "$watcher" || true
+    fi
+    show_log_problems "$log" "$status" || fail "fairseq-train failed (exit status $status); see $log"
+    [[ -f $save_dir/$writes ]] || fail "fairseq-train wrote no $save_dir/$writes; see $log"
     printf '%s\n' "$*" >"$done_marker.partial"
     mv "$done_marker.partial" "$done_marker"
-    log "done training $OPTIMIZER: $save_dir"
+    log "done training $OPTIMIZER in $(grep -o 'done training in [0-9.]*' "$log" | tail -n 1 | cut -d' ' -f4) s"
 }
 
 # ordered_hypotheses GENERATE_OUTPUT: print the hypotheses of fairseq-generate's output (its

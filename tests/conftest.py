@@ -20,6 +20,10 @@ TINY_TRANSFORMER = [
 ]
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU; benchmarks/gpu_check.sh runs these (pytest -m cuda)")
+
+
 def run_fairseq(tool: str, *args, check: bool = True) -> subprocess.CompletedProcess:
     """Run a fairseq CLI (``train``, ``generate``, ``preprocess``) in this Python; return its output."""
     proc = subprocess.run(

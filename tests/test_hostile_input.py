@@ -1,5 +1,6 @@
 """Hostile input: non-finite gradients, damaged and malicious checkpoints, broken downloads, full disks."""
 
+import argparse
 import http.server
 import os
 import re
@@ -199,6 +200,21 @@ class Payload:
 
     def __reduce__(self):
         return os.system, (f"touch {self.marker}",)
+
+
+def test_loading_keeps_what_was_allow_listed_before(trained_checkpoint):
+    """torch's safe_globals context drops its classes on exit even where they were allow-listed
+    before; load_checkpoint must not, or the plugin's allow-list for fairseq's loader is lost and
+    the next fairseq-generate load is refused."""
+    before = torch.serialization.get_safe_globals()
+    torch.serialization.add_safe_globals([argparse.Namespace])
+    try:
+        load_checkpoint(str(trained_checkpoint))
+        assert argparse.Namespace in torch.serialization.get_safe_globals()
+        torch.load(trained_checkpoint, map_location="cpu", weights_only=True)  # as fairseq's loader does
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(before)
 
 
 @pytest.fixture(params=["zip", "legacy"])

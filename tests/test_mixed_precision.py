@@ -400,6 +400,7 @@ def test_fairseq_train_in_half_precision_on_cpu(toy_data_bin, tmp_path, flags, s
     assert all("sensitivity_ema" not in optimizer["state"][i] for i in others)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fairseq's flat --fp16 master copy lives on a GPU")
 def test_fairseq_train_fp16_on_gpu(toy_data_bin, tmp_path):
     args = [a for a in train_args(toy_data_bin, tmp_path, "--max-update", "6", "--fp16") if a != "--cpu"]

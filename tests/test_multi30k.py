@@ -98,8 +98,14 @@ def test_quickstart_on_a_synthetic_folder_and_rerun(tmp_path):
            "MULTI30K_SHA256SUMS": str(data / "SHA256SUMS")}  # fmt: skip
     first = check_ok(run_script("run.sh", "--data", data, workdir, "--", *TINY_SIZES, env=env))
     assert f"fetch (source={data})" in first.stdout
-    assert "valid on 'valid' subset" in first.stdout  # fairseq's progress is shown
+    log = workdir / "checkpoints" / "adam_sage" / "train.log"
+    assert f"training adam_sage, log: {log}\n" in first.stdout  # fairseq's output goes to its log
+    assert "valid on 'valid' subset" in log.read_text() and "valid on" not in first.stdout
     assert "| adam_sage |" in first.stdout
+    assert "Warning" not in first.stdout + first.stderr  # fairseq's dependencies' deprecations are silenced
+    curves = workdir / "learning_curves.png"
+    assert f"learning curves: {curves}" in first.stdout
+    assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = check_table(workdir, ["adam_sage"])
     assert [len((workdir / "eval" / "adam_sage" / f"{t}.hyp").read_text().splitlines())
             for t in ("test2016", "test2017")] == [12, 10]  # fmt: skip
@@ -121,6 +127,31 @@ def test_quickstart_on_a_synthetic_folder_and_rerun(tmp_path):
     assert changed.stderr.strip().splitlines()[-1].startswith(
         f"error: {workdir}/checkpoints/adam_sage was trained on data prepared with (max_train_lines=all "
     )
+
+
+def test_quiet_silences_exactly_the_listed_warnings(tmp_path):
+    """recipes/quiet.py runs a module as `python -m` does, without the listed third-party
+    deprecations; any other warning, and the module's errors, still reach stderr."""
+    (tmp_path / "noisy.py").write_text(
+        "import sys, warnings\n"
+        "warnings.warn(\"`torch.cuda.amp.custom_fwd(args...)` is deprecated. Please use ...\", FutureWarning)\n"
+        "warnings.warn(\"\\nThe version_base parameter is not specified.\\nHydra will assume ...\", UserWarning)\n"
+        "warnings.warn(\"'pin_memory' argument is set as true but no accelerator is found, then ...\")\n"
+        "warnings.warn(\"`torch.cuda.amp.custom_fwd(args...)` is deprecated.\", UserWarning)  # other category\n"
+        "warnings.warn('fairseq-sage: our own warning')\n"
+        "print('args', sys.argv[1:], __name__)\n"
+        "raise SystemExit('error: the module failed')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    result = subprocess.run([sys.executable, str(REPO / "recipes" / "quiet.py"), "noisy", "--flag"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stdout == "args ['--flag'] __main__\n"
+    warned = [line for line in result.stderr.splitlines() if "Warning: " in line]
+    assert [line.split("Warning: ", 1)[1] for line in warned] == [
+        "`torch.cuda.amp.custom_fwd(args...)` is deprecated.", "fairseq-sage: our own warning"
+    ]
+    assert result.stderr.strip().endswith("error: the module failed")
 
 
 def test_corrupted_file_fails_the_checksum(tmp_path):

@@ -129,7 +129,8 @@ IWSLT_TINY_RUN = [*FAST_TRAINING, "--lr", "1e-2", "--max-tokens", "200", "--max-
 def test_iwslt_adam_sage_train_and_evaluate(iwslt_workdir):
     trained = check_ok(run_recipe("iwslt14_de_en/train.sh", iwslt_workdir, *IWSLT_TINY_RUN))
     save_dir = iwslt_workdir / "checkpoints" / "iwslt14_adam_sage"
-    assert "--optimizer adam_sage --lr 1e-3 --sage-beta0 0.8 " in trained.stdout
+    assert f"training adam_sage, log: {save_dir / 'train.log'}" in trained.stdout
+    assert "--optimizer adam_sage --lr 1e-3 --sage-beta0 0.8 " in (save_dir / "train.log").read_text()
     cfg = load_checkpoint(str(save_dir / "checkpoint_best.pt"))["cfg"]
     assert model_setting(cfg, "arch") == "transformer_iwslt_de_en"
     assert model_setting(cfg, "share_decoder_input_output_embed") is True

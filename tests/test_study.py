@@ -227,7 +227,7 @@ def test_rerun_skips_every_step_and_a_deleted_marker_reruns_only_its_step(micro_
     assert ran[0] == f"{rerun}.valid" and set(ran) <= {f"{rerun}.valid", "report"}
     changed = {path for path, mtime in snapshot(workdir).items() if before.get(path) != mtime}
     valid_files = {workdir / "runs" / rerun / "eval" / "adam_sage" / f"valid.{kind}"
-                   for kind in ("generate", "hyp", "sacrebleu.json")}  # fmt: skip
+                   for kind in ("generate", "log", "hyp", "sacrebleu.json")}  # fmt: skip
     assert valid_files | {workdir / "runs" / rerun / "logs" / "valid.out"} <= changed
     # nothing else is redone: at most the report, if the new validation output differs
     assert changed - valid_files - {workdir / "runs" / rerun / "logs" / "valid.out"} <= {

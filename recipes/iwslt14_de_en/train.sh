@@ -34,7 +34,7 @@ SAVE_DIR=$WORKDIR/checkpoints/iwslt14_$OPTIMIZER
     fail "$BIN has no binarized data; run recipes/iwslt14_de_en/prepare.sh $WORKDIR first"
 
 command=(
-    "$PYTHON" -m fairseq_cli.train "$BIN" --user-dir "$REPO_ROOT/fairseq_sage"
+    "$PYTHON" "$RECIPES_DIR/quiet.py" fairseq_cli.train "$BIN" --user-dir "$REPO_ROOT/fairseq_sage"
     --source-lang de --target-lang en
     --arch transformer_iwslt_de_en --share-decoder-input-output-embed
     "${optimizer_flags[@]}" --adam-betas '(0.9, 0.98)' --clip-norm 0.0

@@ -10,7 +10,7 @@
 # (sentencepiece pieces, in the set's order) are decoded to plain text and scored with sacreBLEU
 # (default 13a tokenization, mixed case) against the raw references.
 #
-# Writes, for each SET, WORKDIR/eval/OPTIMIZER/SET.generate (fairseq's output), SET.hyp
+# Writes, for each SET, WORKDIR/eval/OPTIMIZER/SET.generate (fairseq's output), SET.log (its log), SET.hyp
 # (detokenized hypotheses) and SET.sacrebleu.json, each atomically (in eval/OPTIMIZER/EVAL_MODEL/
 # for another EVAL_MODEL than checkpoint_best). A set whose score is newer than the checkpoint is
 # skipped.
@@ -44,12 +44,13 @@ evaluate_set() {
         log "skip $OPTIMIZER $name: $score is up to date"
         return 0
     fi
-    log "translating $name with $OPTIMIZER (beam 5)"
-    PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m fairseq_cli.generate "$WORKDIR/data-bin" \
+    local status=0
+    quiet_python fairseq_cli.generate "$WORKDIR/data-bin" \
         --user-dir "$REPO_ROOT/fairseq_sage" --source-lang de --target-lang en \
         --path "$CHECKPOINT" --gen-subset "${SUBSETS[$name]}" --beam 5 --lenpen 1 --max-len-a 1.2 --max-len-b 10 \
         --batch-size 128 --required-batch-size-multiple 1 \
-        >"$OUT/$name.generate.partial"
+        >"$OUT/$name.generate.partial" 2>"$OUT/$name.log" || status=$?
+    show_log_problems "$OUT/$name.log" "$status" || fail "fairseq-generate failed on $name; see $OUT/$name.log"
     mv "$OUT/$name.generate.partial" "$OUT/$name.generate"
     ordered_hypotheses "$OUT/$name.generate" |
         data_prep sentencepiece_bpe decode --model "$WORKDIR/spm/spm.model" >"$OUT/$name.hyp.partial"
@@ -58,7 +59,7 @@ evaluate_set() {
     "$PYTHON" -m sacrebleu "$reference" --input "$OUT/$name.hyp" --metrics bleu --width 2 --format json \
         >"$score.partial"
     mv "$score.partial" "$score"
-    log "$OPTIMIZER $name: $(grep -o '"score": [0-9.]*' "$score")"
+    log "$OPTIMIZER $name: sacreBLEU $(grep -o '"score": [0-9.]*' "$score" | cut -d' ' -f2) (translations: $OUT/$name.hyp, log: $OUT/$name.log)"
 }
 
 for name in "${sets[@]}"; do

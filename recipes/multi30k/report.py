@@ -5,7 +5,8 @@
 For each optimizer it reads WORKDIR/eval/OPTIMIZER/test{2016,2017}.sacrebleu.json (written by
 evaluate.sh) and WORKDIR/checkpoints/OPTIMIZER/checkpoint_last.pt (best validation loss,
 training wall time and number of updates, as fairseq recorded them), then writes
-WORKDIR/results.md and WORKDIR/results.json atomically and prints the markdown table.
+WORKDIR/results.md and WORKDIR/results.json atomically, prints the markdown table, and draws
+WORKDIR/learning_curves.png from the train logs (curves.py).
 """
 
 import argparse
@@ -13,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 from typing import Dict, List, Sequence
+
+from curves import plot_learning_curves  # recipes/multi30k/curves.py, beside this script
 
 from fairseq_sage.checkpoints import load_checkpoint
 from fairseq_sage.files import write_atomic
@@ -99,6 +102,8 @@ def main(argv: Sequence[str] = None) -> int:
     write_atomic(args.workdir / "results.json", json.dumps(rows, indent=2) + "\n")
     print(table, end="")
     print(f"(written to {args.workdir / 'results.md'} and {args.workdir / 'results.json'})")
+    plot_learning_curves(args.workdir, args.optimizers, args.workdir / "learning_curves.png")
+    print(f"learning curves: {args.workdir / 'learning_curves.png'}")
     return 0
 
 

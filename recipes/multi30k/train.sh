@@ -62,7 +62,7 @@ mkdir -p "$SAVE_DIR"
 printf '%s\n' "$data_settings" >"$SAVE_DIR/data.settings"
 
 command=(
-    "$PYTHON" -m fairseq_cli.train "$BIN" --user-dir "$REPO_ROOT/fairseq_sage"
+    "$PYTHON" "$RECIPES_DIR/quiet.py" fairseq_cli.train "$BIN" --user-dir "$REPO_ROOT/fairseq_sage"
     --source-lang de --target-lang en
     --arch transformer --share-all-embeddings
     --encoder-layers 2 --decoder-layers 2 --encoder-embed-dim 128 --decoder-embed-dim 128

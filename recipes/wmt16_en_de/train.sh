@@ -52,7 +52,7 @@ precision_flags=()
 log "$gpus GPU(s): --max-tokens $MAX_TOKENS --update-freq $update_freq ${precision_flags[*]}"
 
 command=(
-    "$PYTHON" -m fairseq_cli.train "$BIN" --user-dir "$REPO_ROOT/fairseq_sage"
+    "$PYTHON" "$RECIPES_DIR/quiet.py" fairseq_cli.train "$BIN" --user-dir "$REPO_ROOT/fairseq_sage"
     --source-lang en --target-lang de
     --arch transformer_wmt_en_de --share-all-embeddings
     "${optimizer_flags[@]}" --adam-betas '(0.9, 0.98)' --clip-norm 0.0
