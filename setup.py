@@ -29,9 +29,9 @@ setup(
     ],
     extras_require={
         "recipes": ["sacremoses>=0.1", "subword-nmt>=0.3.8", "sentencepiece>=0.1.99", "matplotlib>=3.5"],
-        "analysis": ["matplotlib>=3.5"],
+        "analysis": ["matplotlib>=3.5", "scipy>=1.7"],  # scipy: the studies' t-intervals
         "test": [
-            "pytest>=7", "matplotlib>=3.5", "sacremoses>=0.1", "subword-nmt>=0.3.8", "sentencepiece>=0.1.99",
+            "pytest>=7", "matplotlib>=3.5", "scipy>=1.7", "sacremoses>=0.1", "subword-nmt>=0.3.8", "sentencepiece>=0.1.99",
             "fairscale>=0.4.13",  # --zero-sharding os
         ],
         # SAGE in Hugging Face's Seq2SeqTrainer and in PyTorch Lightning (README, tests/test_hf_lightning.py)
