@@ -21,6 +21,7 @@ import torch
 from conftest import REPO
 from fairseq_sage import AdamaxSAGE, AdamSAGE, SGDSAGE
 from fairseq_sage.optim import implementations, multi_tensor
+from fairseq_sage.optim.base_steps import ADAM
 
 OPTIMIZERS = {
     "adam": (AdamSAGE, dict(lr=3e-3, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.01, beta0=0.8)),
@@ -132,9 +133,9 @@ def test_foreach_cuts_large_tensors_into_bounded_batches(monkeypatch, reference_
     batch_sizes = []
     chain = multi_tensor.update_chain_
 
-    def recording_chain(kind, constants, weights, *args):
+    def recording_chain(base, constants, weights, *args):
         batch_sizes.append(sum(w.numel() for w in weights))
-        return chain(kind, constants, weights, *args)
+        return chain(base, constants, weights, *args)
 
     monkeypatch.setattr(multi_tensor, "update_chain_", recording_chain)
     params, optimizer = train("adam", "foreach")
@@ -179,18 +180,18 @@ def test_checkpoints_continue_across_implementations(first, second):
 
 
 def test_auto_picks_the_fused_kernel_on_cpu():
-    assert implementations.choose_implementation("auto", "cpu") == "cpp"
-    assert implementations.choose_implementation("auto", "mps") == "foreach"
-    assert implementations.choose_implementation("reference", "cpu") == "reference"
+    assert implementations.choose_implementation("auto", "cpu", ADAM) == "cpp"
+    assert implementations.choose_implementation("auto", "mps", ADAM) == "foreach"
+    assert implementations.choose_implementation("reference", "cpu", ADAM) == "reference"
 
 
 def test_auto_picks_compiled_on_cuda_where_triton_is_installed(monkeypatch, caplog):
     implementations._fall_back.cache_clear()
     monkeypatch.setattr(implementations, "compiler_missing", lambda device_type: "")
-    assert implementations.choose_implementation("auto", "cuda") == "compiled"
+    assert implementations.choose_implementation("auto", "cuda", ADAM) == "compiled"
     monkeypatch.setattr(implementations, "compiler_missing", lambda device_type: "Triton is not installed")
     with caplog.at_level(logging.WARNING):
-        assert implementations.choose_implementation("auto", "cuda") == "foreach"
+        assert implementations.choose_implementation("auto", "cuda", ADAM) == "foreach"
     assert "Triton is not installed" in caplog.text
 
 
@@ -198,15 +199,15 @@ def test_invalid_or_impossible_requests_raise():
     with pytest.raises(ValueError, match="impl must be one of auto, reference, foreach, cpp, compiled"):
         AdamSAGE([torch.nn.Parameter(torch.zeros(2))], impl="fused")
     with pytest.raises(ValueError, match="impl='cpp' updates CPU tensors only"):
-        implementations.choose_implementation("cpp", "cuda")
+        implementations.choose_implementation("cpp", "cuda", ADAM)
 
 
 def test_a_failed_compilation_falls_back_to_foreach_once(monkeypatch, caplog, reference_runs):
     """auto on a device whose compiler fails: one warning, the update done by foreach, no retry."""
     calls = []
 
-    def failing_compile(kind, work):
-        calls.append(kind)
+    def failing_compile(base, work):
+        calls.append(base.name)
         raise torch._dynamo.exc.TorchDynamoException("InductorError: no working C++ compiler\nmore detail")
 
     implementations._fall_back.cache_clear()
@@ -255,6 +256,7 @@ def test_without_a_compiler_auto_falls_back_to_foreach_with_one_log_line(tmp_pat
 def fairseq_optimizer(*flags):
     """The optimizer ``fairseq-train --optimizer adam_sage FLAGS`` builds, on two parameters."""
     options = pytest.importorskip("fairseq.options")
+    import fairseq_sage.fairseq  # noqa: F401  (registers the optimizers, as --user-dir does)
     from fairseq import optim
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 

@@ -10,7 +10,10 @@ back to :mod:`fairseq_sage.optim.multi_tensor`.
 Each element goes through the chain of the reference path (:mod:`fairseq_sage.optim.base_steps`,
 :mod:`fairseq_sage.optim.functional`) in float32, in one read and one write of θ, g, the state and Ī;
 the results match the reference path to float32 rounding, not bit for bit (the divisions are
-gathered into one and Ī is multiplied by 1/(1 − β0^t)).
+gathered into one and Ī is multiplied by 1/(1 − β0^t)). The kernel implements the bases of the
+registry whose :attr:`~fairseq_sage.optim.base_steps.BaseOptimizer.kernel` names one of its own,
+with their state buffers in the registry's order (at most two); it takes the numbers that change
+every update from :func:`fairseq_sage.optim.base_steps.step_scalars`.
 """
 
 import functools
@@ -22,7 +25,7 @@ from typing import List, Sequence
 import torch
 from torch import Tensor
 
-from . import base_steps
+from .base_steps import BaseOptimizer, group_constants, step_scalars
 
 __all__ = ["KernelUnavailable", "load_kernel", "supports", "fused_update_"]
 
@@ -31,16 +34,6 @@ logger = logging.getLogger(__name__)
 SOURCE = Path(__file__).resolve().parent / "csrc" / "fused_cpu.cpp"
 
 WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-BASES = {"adam": 0, "adamax": 1, "sgd_momentum": 2, "sgd": 3}
-"""The kernel's numbering of the base optimizers."""
-
-STATE_KEYS = {
-    "adam": ("exp_avg", "exp_avg_sq"),
-    "adamax": ("exp_avg", "exp_inf"),
-    "sgd_momentum": ("momentum_buffer",),
-    "sgd": (),
-}
 
 
 class KernelUnavailable(RuntimeError):
@@ -93,34 +86,25 @@ def supports(param: Tensor, state: dict) -> bool:
     )
 
 
-def base_name(kind: str, group: dict) -> str:
-    """``kind`` ("adam", "adamax", "sgd"), with SGD split by whether it keeps a momentum buffer."""
-    if kind == "sgd":
-        return "sgd_momentum" if group["momentum"] != 0 else "sgd"
-    return kind
-
-
-def fused_update_(kind: str, group: dict, params: Sequence[Tensor], states: Sequence[dict]) -> None:
+def fused_update_(base: BaseOptimizer, group: dict, params: Sequence[Tensor], states: Sequence[dict]) -> None:
     """Update ``params`` (one dtype, all :func:`supported <supports>`) of ``group`` in one kernel call.
 
     ``states`` are their states with ``step`` already advanced to this update.
     """
     if not params:
         return
-    base = base_name(kind, group)
-    step_size = base_steps.STEP_SIZES[kind]
-    state_lists: List[List[Tensor]] = [[s[key] for s in states] for key in STATE_KEYS[base]]
+    constants = group_constants(group)
+    state_lists: List[List[Tensor]] = [[s[key] for s in states] for key in base.state_keys(constants)]
     state_lists += [[]] * (2 - len(state_lists))
-    sage = group["sage"]
-    beta1, beta2 = group.get("betas", (group.get("momentum", 0.0), 0.0))
+    scalars = step_scalars(base, group, [s["step"] for s in states])
     load_kernel().fused_step(
-        BASES[base],
+        base.kernel,
         list(params),
         [p.grad for p in params],
         *state_lists,
-        [s["sensitivity_ema"] for s in states] if sage else [],
-        [step_size(group, s["step"]) for s in states],
-        [1 - group["beta0"] ** s["step"] for s in states],
-        group["lr"] * group["weight_decay"],
-        [beta1, beta2, group.get("eps", 0.0), group["beta0"], group["sage_eps"]],
+        [s["sensitivity_ema"] for s in states] if constants.sage else [],
+        scalars.sizes,
+        scalars.corrections,
+        scalars.decay,
+        [*constants.betas, constants.eps, constants.momentum, constants.beta0, constants.sage_eps],
     )

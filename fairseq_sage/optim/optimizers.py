@@ -2,7 +2,8 @@
 
 Each update of a tensor θ with gradient g is a chain of three transformations:
 
-1. the base optimizer's step (:mod:`fairseq_sage.optim.base_steps`): −size · numerator / denominator;
+1. the base optimizer's step (its entry in the registry :mod:`fairseq_sage.optim.base_steps`):
+   −size · numerator / denominator;
 2. SAGE (:mod:`fairseq_sage.optim.functional`): numerator ← numerator ⊙ (U + ε)/(Ī_c + ε), skipped for
    parameter groups with ``sage=False`` (which then keep no Ī buffer);
 3. decoupled weight decay θ ← θ − η·λ·θ, then the step is added to θ.
@@ -73,16 +74,14 @@ def all_finite(tensors: List[Tensor]) -> bool:
 
 
 class _SAGEOptimizer(torch.optim.Optimizer):
-    """A base step (``_init_state``/``_base_step``) modulated element-wise by SAGE.
+    """A base step (the registry entry ``_base``) modulated element-wise by SAGE.
 
     Besides their hyper-parameters, the optimizers take ``impl`` (see
     :mod:`fairseq_sage.optim.implementations`; default "auto") and ``check_finite`` (default True: an
     update whose gradients hold a NaN or an infinity is skipped, see :meth:`step`).
     """
 
-    _kind: str
-    _init_state: Callable[[Tensor, dict], Dict[str, Tensor]]
-    _base_step: Callable[[dict, Tensor, dict], base_steps.BaseStep]
+    _base: base_steps.BaseOptimizer
 
     def __init__(self, params: Iterable, defaults: dict, impl: str, check_finite: bool):
         self.impl = implementations.check_implementation(impl)
@@ -140,7 +139,7 @@ class _SAGEOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             work.append((group, params, [self._advance_state(p, group) for p in params]))
-        implementations.update_(self._kind, self.impl, work, self._update_parameter)
+        implementations.update_(self._base, self.impl, work, self._update_parameter)
         return loss
 
     def _advance_state(self, param: Tensor, group: dict) -> dict:
@@ -153,7 +152,7 @@ class _SAGEOptimizer(torch.optim.Optimizer):
         if not state:
             weights = torch.empty_like(param, dtype=torch.float32) if low_precision else param
             state["step"] = 0
-            state.update(self._init_state(weights, group))
+            state.update(self._base.init(weights, group))
             if group["sage"]:
                 state["sensitivity_ema"] = torch.zeros_like(weights)
         elif low_precision:
@@ -168,7 +167,7 @@ class _SAGEOptimizer(torch.optim.Optimizer):
         low_precision = param.dtype in LOW_PRECISION
         grad = param.grad.float() if param.grad.dtype in LOW_PRECISION else param.grad
         weights = param.float() if low_precision else param
-        step = self._base_step(state, grad, group)
+        step = self._base.step(state, grad, group)
         if group["sage"]:
             multiplier = sage_multiplier_(
                 state["sensitivity_ema"], weights, grad, group["beta0"], state["step"], group["sage_eps"]
@@ -185,9 +184,7 @@ class AdamSAGE(_SAGEOptimizer):
     θ ← θ − η·λ·θ − η·√(1−β2^t)/(1−β1^t) · m ⊙ (U + ε_s)/(Ī_c + ε_s) / (√v + eps)
     """
 
-    _kind = "adam"
-    _init_state = staticmethod(base_steps.adam_init)
-    _base_step = staticmethod(base_steps.adam_step)
+    _base = base_steps.ADAM
 
     def __init__(
         self,
@@ -215,9 +212,7 @@ class AdamaxSAGE(_SAGEOptimizer):
     θ ← θ − η·λ·θ − η/(1−β1^t) · m ⊙ (U + ε_s)/(Ī_c + ε_s) / (u + eps)
     """
 
-    _kind = "adamax"
-    _init_state = staticmethod(base_steps.adamax_init)
-    _base_step = staticmethod(base_steps.adamax_step)
+    _base = base_steps.ADAMAX
 
     def __init__(
         self,
@@ -246,9 +241,7 @@ class SGDSAGE(_SAGEOptimizer):
     b ← μ·b + g,   θ ← θ − η·λ·θ − η · b ⊙ (U + ε_s)/(Ī_c + ε_s)
     """
 
-    _kind = "sgd"
-    _init_state = staticmethod(base_steps.sgd_init)
-    _base_step = staticmethod(base_steps.sgd_step)
+    _base = base_steps.SGD
 
     def __init__(
         self,
