@@ -48,6 +48,17 @@ dtype and raw bytes; an object array's elements are unpickled under the same all
 
 
 
+def fairseq_globals_allowed() -> contextlib.AbstractContextManager:
+    """A context in which ``weights_only`` unpickling also admits :data:`FAIRSEQ_CHECKPOINT_GLOBALS`.
+
+    Only the classes not already allow-listed are added, since leaving torch's ``safe_globals``
+    context removes every class it was given, also one that the plugin had allow-listed for the
+    whole process.
+    """
+    allowed = torch.serialization.get_safe_globals()
+    return torch.serialization.safe_globals([g for g in FAIRSEQ_CHECKPOINT_GLOBALS if g not in allowed])
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, damaged or unsafe to load."""
 
@@ -105,7 +116,7 @@ def verify_checkpoint_file(path: str) -> None:
     if not can_be_searched(path):
         return
     try:
-        with torch.serialization.safe_globals(FAIRSEQ_CHECKPOINT_GLOBALS):
+        with fairseq_globals_allowed():
             unsafe = _unsafe_globals_in(path)
     except (RuntimeError, ValueError, EOFError) as err:  # not a pickle torch.save wrote
         raise _unreadable(path, err) from None
@@ -135,7 +146,7 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
     """
     verify_checkpoint_file(path)
     try:
-        with torch.serialization.safe_globals(FAIRSEQ_CHECKPOINT_GLOBALS):
+        with fairseq_globals_allowed():
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # whatever the unpickler met, the file is unusable: say which
         raise load_failure(path, err) from None

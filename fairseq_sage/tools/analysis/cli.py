@@ -20,6 +20,8 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from fairseq import checkpoint_utils, utils
 
+from ... import fairseq as _plugin  # noqa: F401  (our optimizers and fairseq's hardened checkpoint loader)
+
 from .bleu import corpus_bleu, translate_subset
 from .pruning import SensitivityRanking, prunable, prune_
 from .report import plot_pruning_curve, plot_sensitivity_by_type, write_csv
