@@ -1,6 +1,6 @@
 """The fast implementations (foreach, cpp, compiled) against the per-tensor reference path.
 
-Each runs the three optimizers on float32, float16 and bfloat16 parameters spread over three
+Each runs the four optimizers on float32, float16 and bfloat16 parameters spread over three
 groups (defaults; their own lr and beta0; SAGE off) and must end with the reference path's weights
 and state to float32 rounding (to one rounding step of the parameter's own dtype for half
 precision). The ``compiled`` path is the CUDA one (Triton there); here inductor compiles the same
@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from fairseq_sage import AdamaxSAGE, AdamSAGE, SGDSAGE
+from fairseq_sage import AdamaxSAGE, AdamSAGE, LionSAGE, SGDSAGE
 from fairseq_sage.optim import implementations, multi_tensor
 from fairseq_sage.optim.base_steps import ADAM
 
@@ -27,6 +27,7 @@ OPTIMIZERS = {
     "adam": (AdamSAGE, dict(lr=3e-3, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.01, beta0=0.8)),
     "adamax": (AdamaxSAGE, dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, beta0=0.6)),
     "sgd": (SGDSAGE, dict(lr=0.05, momentum=0.9, weight_decay=0.01, beta0=0.4)),
+    "lion": (LionSAGE, dict(lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1, beta0=0.8)),
 }
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 SHAPES = [(7,), (5, 3), (2, 3, 4), (33, 17)]

@@ -14,7 +14,7 @@ Every base optimizer is one :class:`BaseOptimizer` entry of :data:`BASES`, which
 Every implementation (:mod:`fairseq_sage.optim.implementations`) reads the registry; SAGE (see
 :mod:`fairseq_sage.optim.functional`) sits between the step and :func:`apply_step_`, multiplying
 ``numerator`` element-wise by its learning-rate multiplier. The arithmetic, and its order, is that of
-fairseq's ``adam`` and ``adamax`` and of ``torch.optim.SGD``, so that a parameter group with SAGE
+fairseq's ``adam`` and ``adamax``, of ``torch.optim.SGD`` and of Lion's paper, so that a parameter group with SAGE
 switched off gives the same bits as those optimizers with the reference path.
 
 Weight decay is decoupled (as fairseq's ``adam`` and ``adamax`` do it, "AdamW"):
@@ -37,6 +37,7 @@ __all__ = [
     "ADAM",
     "ADAMAX",
     "SGD",
+    "LION",
     "BASES",
     "group_constants",
     "TensorScalars",
@@ -173,6 +174,21 @@ def sgd_step_foreach(constants: Constants, grads: List[Tensor], states: Dict[str
     return buffers, None
 
 
+def lion_step_foreach(constants: Constants, grads: List[Tensor], states: Dict[str, List[Tensor]]) -> Steps:
+    """Lion (Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms"):
+
+        numerator = sign(β1·m + (1−β1)·g),   then m ← β2·m + (1−β2)·g.
+    """
+    beta1, beta2 = constants.betas
+    exp_avgs = states["exp_avg"]
+    directions = torch._foreach_mul(exp_avgs, beta1)
+    torch._foreach_add_(directions, grads, alpha=1 - beta1)
+    torch._foreach_sign_(directions)
+    torch._foreach_mul_(exp_avgs, beta2)
+    torch._foreach_add_(exp_avgs, grads, alpha=1 - beta2)
+    return directions, None
+
+
 def lr_step_size(group: dict, step: int) -> float:
     """The step size of SGD and Lion: η at every update."""
     return group["lr"]
@@ -181,8 +197,9 @@ def lr_step_size(group: dict, step: int) -> float:
 ADAM = BaseOptimizer("adam", fixed_keys("exp_avg", "exp_avg_sq"), adam_step_foreach, adam_step_size, "adam")
 ADAMAX = BaseOptimizer("adamax", fixed_keys("exp_avg", "exp_inf"), adamax_step_foreach, adamax_step_size, "adamax")
 SGD = BaseOptimizer("sgd", sgd_state_keys, sgd_step_foreach, lr_step_size, "sgd")
+LION = BaseOptimizer("lion", fixed_keys("exp_avg"), lion_step_foreach, lr_step_size, "lion")
 
-BASES: Dict[str, BaseOptimizer] = {base.name: base for base in (ADAM, ADAMAX, SGD)}
+BASES: Dict[str, BaseOptimizer] = {base.name: base for base in (ADAM, ADAMAX, SGD, LION)}
 """Every base optimizer, by name."""
 
 

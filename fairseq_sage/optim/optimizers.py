@@ -1,4 +1,4 @@
-"""Adam-SAGE, Adamax-SAGE and SGD-SAGE as ``torch.optim.Optimizer`` classes.
+"""Adam-SAGE, Adamax-SAGE, SGD-SAGE and Lion-SAGE as ``torch.optim.Optimizer`` classes.
 
 Each update of a tensor θ with gradient g is a chain of three transformations:
 
@@ -26,7 +26,7 @@ from torch import Tensor
 from . import base_steps, implementations
 from .functional import sage_multiplier_
 
-__all__ = ["AdamSAGE", "AdamaxSAGE", "SGDSAGE", "DEFAULT_SAGE_EPS"]
+__all__ = ["AdamSAGE", "AdamaxSAGE", "SGDSAGE", "LionSAGE", "DEFAULT_SAGE_EPS"]
 
 DEFAULT_SAGE_EPS = 1e-12
 """Default ε of the SAGE multiplier (U + ε)/(Ī_c + ε).
@@ -258,5 +258,31 @@ class SGDSAGE(_SAGEOptimizer):
         defaults = dict(
             lr=lr, momentum=momentum, weight_decay=weight_decay,
             beta0=beta0, sage_eps=sage_eps, sage=sage,
+        )
+        super().__init__(params, defaults, impl, check_finite)
+
+
+class LionSAGE(_SAGEOptimizer):
+    """Lion (Chen et al., 2023; decoupled weight decay) with SAGE learning-rate modulation.
+
+    θ ← θ − η·λ·θ − η · sign(β1·m + (1−β1)·g) ⊙ (U + ε_s)/(Ī_c + ε_s),   then m ← β2·m + (1−β2)·g
+    """
+
+    _base = base_steps.LION
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-4,
+        betas: Tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+        beta0: float = 0.8,
+        sage_eps: float = DEFAULT_SAGE_EPS,
+        sage: bool = True,
+        impl: str = "auto",
+        check_finite: bool = True,
+    ):
+        defaults = dict(
+            lr=lr, betas=tuple(betas), weight_decay=weight_decay, beta0=beta0, sage_eps=sage_eps, sage=sage,
         )
         super().__init__(params, defaults, impl, check_finite)

@@ -27,7 +27,7 @@
 
 namespace {
 
-enum class Base { Adam, Adamax, SgdMomentum, Sgd };
+enum class Base { Adam, Adamax, SgdMomentum, Sgd, Lion };
 
 // Per group: the base optimizers' coefficients and SAGE's.
 struct GroupConstants {
@@ -90,6 +90,16 @@ inline Fraction base_step<Base::SgdMomentum>(float g, float* __restrict__ first,
 template <>
 inline Fraction base_step<Base::Sgd>(float g, float*, float*, int64_t, const GroupConstants&) {
   return {g, 1.0f};
+}
+
+template <>
+inline Fraction base_step<Base::Lion>(float g, float* __restrict__ first, float*, int64_t i,
+                                      const GroupConstants& k) {
+  const float m = first[i];
+  const float interpolated = m * k.beta1 + k.one_minus_beta1 * g;
+  first[i] = m * k.beta2 + k.one_minus_beta2 * g;
+  // sign, as torch.sign: 0 for 0 and for NaN
+  return {static_cast<float>((interpolated > 0.0f) - (interpolated < 0.0f)), 1.0f};
 }
 
 // SAGE's multiplier (U + ε_s)/(Ī_c + ε_s) of element i, with weight w and gradient g, as a
@@ -194,6 +204,7 @@ Base base_named(const std::string& name, const GroupTensors& group) {
   if (name == "adam") return Base::Adam;
   if (name == "adamax") return Base::Adamax;
   if (name == "sgd") return group.first.empty() ? Base::Sgd : Base::SgdMomentum;
+  if (name == "lion") return Base::Lion;
   TORCH_CHECK(false, "fused SAGE step: the kernel does not implement base optimizer '", name, "'");
 }
 
@@ -252,6 +263,8 @@ void fused_step(
       return update_by_sage<Base::SgdMomentum>(group, k);
     case Base::Sgd:
       return update_by_sage<Base::Sgd>(group, k);
+    case Base::Lion:
+      return update_by_sage<Base::Lion>(group, k);
   }
 }
 
