@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import fairseq_sage.fairseq  # noqa: F401  (registers the optimizers in this process, as --user-dir does)
 from conftest import USER_DIR, run_fairseq, train_args
 from fairseq_sage.checkpoints import load_checkpoint
 
