@@ -161,6 +161,76 @@ def test_cpp_leaves_unsupported_tensors_to_the_reference_path():
     assert_same_training(ours, ours_optimizer, ref, ref_optimizer)
 
 
+FINITE_EXTREMES = {  # finite values whose bits lie closest to those of inf and NaN, and the signed zero
+    dtype: [torch.finfo(dtype).max, -torch.finfo(dtype).max, torch.finfo(dtype).smallest_normal / 2, -0.0]
+    for dtype in DTYPES
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kernel_finite_check_is_torch_isfinite(dtype):
+    """Tensors across several of the kernel's blocks of 32k elements and both threads' halves."""
+    from fairseq_sage.optim import fused_cpu
+
+    generator = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(n, generator=generator).to(dtype) for n in (3, 100_003, 40_000)]
+    tensors[1][:4] = torch.tensor(FINITE_EXTREMES[dtype])
+    assert fused_cpu.all_finite(tensors) and all(torch.isfinite(t).all() for t in tensors)
+    assert fused_cpu.all_finite([])
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for index, position in [(0, 0), (1, 0), (1, 65_537), (1, 100_002), (2, 39_999)]:
+            damaged = [t.clone() for t in tensors]
+            damaged[index][position] = bad
+            assert not fused_cpu.all_finite(damaged), (bad, index, position)
+
+
+@pytest.mark.parametrize("bad_value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("where", ["kernel", "reference"])
+def test_a_non_finite_gradient_skips_the_whole_fused_update(monkeypatch, where, bad_value):
+    """auto on CPU: the kernel checks the gradients it updates, torch the others (float64); one bad
+    element, in the last tensor of the last group or in the float64 one, leaves every weight and
+    every state buffer of every group as it was, and the run then goes on as if it had never come."""
+    from fairseq_sage.optim import fused_cpu
+
+    checked = []
+    kernel_check = fused_cpu.all_finite
+    monkeypatch.setattr(fused_cpu, "all_finite",
+                        lambda tensors: checked.append(len(tensors)) or kernel_check(tensors))
+    cls, hp = OPTIMIZERS["adam"]
+
+    def params():
+        wide = torch.randn(5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+        return make_params(shapes=[(7,), (300, 250)]) + [torch.nn.Parameter(wide)]
+
+    ours, control = params(), params()
+    optimizer, control_optimizer = (cls(grouped(p, hp), **hp) for p in (ours, control))
+    steps = gradients(ours, 4)
+    bad = [g.clone() for g in steps[2]]
+    bad[-2 if where == "kernel" else -1].view(-1)[-1] = bad_value
+    for step, step_grads in enumerate(steps):
+        for param, grad in zip(ours, bad if step == 2 else step_grads):
+            param.grad = grad.clone()
+        if step == 2:
+            before = copy.deepcopy((ours, optimizer.state_dict()))
+            with pytest.warns(RuntimeWarning, match="update skipped"):
+                optimizer.step()
+            for param, saved in zip(ours, before[0]):
+                assert torch.equal(param, saved)
+            saved_state, state = before[1]["state"], optimizer.state_dict()["state"]
+            assert saved_state.keys() == state.keys()
+            for index, values in saved_state.items():
+                for key, value in values.items():
+                    assert torch.equal(torch.as_tensor(state[index][key]), torch.as_tensor(value)), (index, key)
+            continue
+        optimizer.step()
+        for param, grad in zip(control, step_grads):
+            param.grad = grad.clone()
+        control_optimizer.step()
+    assert checked and set(checked) == {len(ours) - 1}, "the kernel did not check the gradients it updates"
+    for param, expected in zip(ours, control):
+        assert torch.equal(param, expected)
+
+
 @pytest.mark.parametrize("first, second", [("cpp", "foreach"), ("foreach", "reference"), ("reference", "cpp")])
 def test_checkpoints_continue_across_implementations(first, second):
     """A state_dict saved with one implementation continues with another as if never interrupted."""

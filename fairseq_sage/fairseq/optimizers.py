@@ -1,4 +1,4 @@
-"""fairseq's ``--optimizer adam_sage | adamax_sage | sgd_sage | lion_sage``: thin adapters over the torch classes.
+"""fairseq's ``--optimizer adam_sage | adamax_sage | sgd_sage | lion_sage``: adapters over the torch classes.
 
 The base optimizers' flags are fairseq's own (``--adam-betas``, ``--adam-eps``, ``--adamax-betas``,
 ``--adamax-eps``, ``--no-bias-correction``, ``--momentum``, ``--weight-decay``), and

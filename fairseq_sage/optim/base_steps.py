@@ -1,4 +1,4 @@
-"""The registry of base optimizers: each base step written once, as "update = −size · numerator / denominator".
+"""The registry of base optimizers, each step written once as "update = −size · numerator / denominator".
 
 Every base optimizer is one :class:`BaseOptimizer` entry of :data:`BASES`, which declares
 
@@ -14,8 +14,9 @@ Every base optimizer is one :class:`BaseOptimizer` entry of :data:`BASES`, which
 Every implementation (:mod:`fairseq_sage.optim.implementations`) reads the registry; SAGE (see
 :mod:`fairseq_sage.optim.functional`) sits between the step and :func:`apply_step_`, multiplying
 ``numerator`` element-wise by its learning-rate multiplier. The arithmetic, and its order, is that of
-fairseq's ``adam`` and ``adamax``, of ``torch.optim.SGD`` and of Lion's paper, so that a parameter group with SAGE
-switched off gives the same bits as those optimizers with the reference path.
+fairseq's ``adam`` and ``adamax``, of ``torch.optim.SGD`` and of Lion's paper, so that a parameter
+group with SAGE switched off gives the same bits as fairseq's and torch's optimizers on the reference
+path.
 
 Weight decay is decoupled (as fairseq's ``adam`` and ``adamax`` do it, "AdamW"):
 θ ← θ − η·λ·θ before the step, at the scheduled learning rate η and never modulated by SAGE.
@@ -195,7 +196,9 @@ def lr_step_size(group: dict, step: int) -> float:
 
 
 ADAM = BaseOptimizer("adam", fixed_keys("exp_avg", "exp_avg_sq"), adam_step_foreach, adam_step_size, "adam")
-ADAMAX = BaseOptimizer("adamax", fixed_keys("exp_avg", "exp_inf"), adamax_step_foreach, adamax_step_size, "adamax")
+ADAMAX = BaseOptimizer(
+    "adamax", fixed_keys("exp_avg", "exp_inf"), adamax_step_foreach, adamax_step_size, "adamax"
+)
 SGD = BaseOptimizer("sgd", sgd_state_keys, sgd_step_foreach, lr_step_size, "sgd")
 LION = BaseOptimizer("lion", fixed_keys("exp_avg"), lion_step_foreach, lr_step_size, "lion")
 

@@ -14,6 +14,9 @@ gathered into one and Ī is multiplied by 1/(1 − β0^t)). The kernel implement
 registry whose :attr:`~fairseq_sage.optim.base_steps.BaseOptimizer.kernel` names one of its own,
 with their state buffers in the registry's order (at most two); it takes the numbers that change
 every update from :func:`fairseq_sage.optim.base_steps.step_scalars`.
+
+:func:`all_finite` is the kernel's check for NaN and infinity: one parallel read of the gradients,
+no temporaries, which the torch classes' step makes before the update writes anything.
 """
 
 import functools
@@ -27,7 +30,7 @@ from torch import Tensor
 
 from .base_steps import BaseOptimizer, group_constants, step_scalars
 
-__all__ = ["KernelUnavailable", "load_kernel", "supports", "fused_update_"]
+__all__ = ["KernelUnavailable", "load_kernel", "checkable", "supports", "all_finite", "fused_update_"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,21 +72,29 @@ def load_kernel():
         raise KernelUnavailable(f"{type(err).__name__}: {lines[-1]}") from err
 
 
+def checkable(tensor: Tensor) -> bool:
+    """Whether the kernel can read ``tensor``: a contiguous CPU tensor of one of ``WEIGHT_DTYPES``."""
+    return tensor.device.type == "cpu" and tensor.dtype in WEIGHT_DTYPES and tensor.is_contiguous()
+
+
 def supports(param: Tensor, state: dict) -> bool:
     """Whether the kernel can update ``param`` (dtype, device, layout of it, its gradient and state)."""
     grad = param.grad
     return (
-        param.device.type == "cpu"
-        and param.dtype in WEIGHT_DTYPES
+        checkable(param)
+        and checkable(grad)
         and grad.dtype == param.dtype
-        and param.is_contiguous()
-        and grad.is_contiguous()
         and all(
             value.dtype == torch.float32 and value.is_contiguous()
             for value in state.values()
             if torch.is_tensor(value)
         )
     )
+
+
+def all_finite(tensors: Sequence[Tensor]) -> bool:
+    """True when no element of ``tensors`` (all :func:`checkable`) is an infinity or a NaN."""
+    return load_kernel().all_finite(list(tensors))
 
 
 def fused_update_(base: BaseOptimizer, group: dict, params: Sequence[Tensor], states: Sequence[dict]) -> None:

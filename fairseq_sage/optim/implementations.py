@@ -157,7 +157,11 @@ def split_by_device(work: Work) -> Dict[torch.device, Work]:
 
 
 def cpp_update_(
-    base: BaseOptimizer, group: dict, params: Sequence[Tensor], states: Sequence[dict], reference_update: ReferenceUpdate
+    base: BaseOptimizer,
+    group: dict,
+    params: Sequence[Tensor],
+    states: Sequence[dict],
+    reference_update: ReferenceUpdate,
 ) -> None:
     """The fused kernel for the tensors it supports, one call per dtype; ``reference`` for the rest."""
     by_dtype: Dict[torch.dtype, Tuple[list, list]] = defaultdict(lambda: ([], []))

@@ -23,7 +23,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import base_steps, implementations
+from . import base_steps, fused_cpu, implementations
 from .functional import sage_multiplier_
 
 __all__ = ["AdamSAGE", "AdamaxSAGE", "SGDSAGE", "LionSAGE", "DEFAULT_SAGE_EPS"]
@@ -55,13 +55,19 @@ def check_hyperparameters(group: dict, names: Dict[str, str]) -> None:
                 raise ValueError(f"{names.get(key, key)} must be in [0, 1), got {group[key]}")
 
 
-def all_finite(tensors: List[Tensor]) -> bool:
+def all_finite(tensors: List[Tensor], kernel: bool = False) -> bool:
     """True when no tensor in ``tensors`` holds a NaN or an infinity (one host synchronisation).
 
-    A NaN or an infinity makes a tensor's sum NaN or infinite, so the sums (one read of every
-    tensor, no temporaries) decide; only where a sum is not finite, which an overflowing sum of
-    finite elements can also be, are the elements themselves examined.
+    With ``kernel``, the fused C++ kernel checks the tensors it can read (:func:`fused_cpu.all_finite`:
+    one parallel read, no temporaries). For the others, a NaN or an infinity makes a tensor's sum
+    NaN or infinite, so the sums (one read of every tensor, no temporaries) decide; only where a
+    sum is not finite, which an overflowing sum of finite elements can also be, are the elements
+    themselves examined.
     """
+    if kernel:
+        if not fused_cpu.all_finite([t for t in tensors if fused_cpu.checkable(t)]):
+            return False
+        tensors = [t for t in tensors if not fused_cpu.checkable(t)]
     if not tensors:
         return True
     device = tensors[0].device
@@ -123,15 +129,16 @@ class _SAGEOptimizer(torch.optim.Optimizer):
 
         If any gradient holds a NaN or an infinity, nothing changes (one bad batch must not poison
         Ī and the moments) and a RuntimeWarning says that the update was skipped. This check reads
-        every gradient once more; ``check_finite=False`` leaves it to the caller (fairseq's trainer
-        checks the gradient norm before it steps the optimizer).
+        every gradient once more, before anything is written (where the fused kernel updates the
+        CPU tensors, it makes the check too); ``check_finite=False`` leaves it to the caller
+        (fairseq's trainer checks the gradient norm before it steps the optimizer).
         """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         gradients = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-        if self.check_finite and not all_finite([g for g in gradients if not g.is_sparse]):
+        if self.check_finite and not self._gradients_finite([g for g in gradients if not g.is_sparse]):
             warnings.warn(f"{type(self).__name__}: a gradient holds NaN or inf; update skipped, "
                           "weights and optimizer state left unchanged", RuntimeWarning)
             return loss
@@ -141,6 +148,12 @@ class _SAGEOptimizer(torch.optim.Optimizer):
             work.append((group, params, [self._advance_state(p, group) for p in params]))
         implementations.update_(self._base, self.impl, work, self._update_parameter)
         return loss
+
+    def _gradients_finite(self, gradients: List[Tensor]) -> bool:
+        """:func:`all_finite`, by the fused kernel where it updates the CPU tensors."""
+        on_cpu = any(g.device.type == "cpu" for g in gradients)
+        kernel = on_cpu and implementations.choose_implementation(self.impl, "cpu", self._base) == "cpp"
+        return all_finite(gradients, kernel)
 
     def _advance_state(self, param: Tensor, group: dict) -> dict:
         """``param``'s state, created (float32 for half-precision ``param``) at its first update,
@@ -265,7 +278,8 @@ class SGDSAGE(_SAGEOptimizer):
 class LionSAGE(_SAGEOptimizer):
     """Lion (Chen et al., 2023; decoupled weight decay) with SAGE learning-rate modulation.
 
-    θ ← θ − η·λ·θ − η · sign(β1·m + (1−β1)·g) ⊙ (U + ε_s)/(Ī_c + ε_s),   then m ← β2·m + (1−β2)·g
+    θ ← θ − η·λ·θ − η · sign(β1·m + (1−β1)·g) ⊙ (U + ε_s)/(Ī_c + ε_s),
+    then m ← β2·m + (1−β2)·g
     """
 
     _base = base_steps.LION

@@ -7,12 +7,15 @@
 // specialisation here for each entry whose `kernel` names it) and of
 // fairseq_sage/optim/functional.py (sage_multiplier below), with the divisions gathered into one:
 //     θ ← θ − ηλθ − size · (U + ε_s)·num / ((Ī_c + ε_s)·den).
+// all_finite, the finite-gradient check of the torch classes' step, reads the gradients once in
+// parallel before that update writes anything.
 
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -234,7 +237,66 @@ void check_arguments(const GroupTensors& group) {
   }
 }
 
+// The largest exponent field among n floating-point numbers given by their bits; it equals
+// `exponent` (all ones) exactly when one of them is an infinity or a NaN.
+template <typename Bits>
+SAGE_VECTOR_CLONES Bits largest_exponent(const Bits* __restrict__ bits, int64_t n, Bits exponent) {
+  Bits largest = 0;
+  for (int64_t i = 0; i < n; ++i) largest = std::max<Bits>(largest, bits[i] & exponent);
+  return largest;
+}
+
+// Whether no element in [lo, hi) of `tensor` (float32, float16 or bfloat16) is an infinity or a NaN.
+bool span_is_finite(const at::Tensor& tensor, int64_t lo, int64_t hi) {
+  const void* data = tensor.data_ptr();
+  switch (tensor.scalar_type()) {
+    case at::kFloat: {
+      const uint32_t exponent = 0x7f800000u;
+      return largest_exponent(static_cast<const uint32_t*>(data) + lo, hi - lo, exponent) != exponent;
+    }
+    case at::kHalf: {
+      const uint16_t exponent = 0x7c00u;
+      return largest_exponent(static_cast<const uint16_t*>(data) + lo, hi - lo, exponent) != exponent;
+    }
+    case at::kBFloat16: {
+      const uint16_t exponent = 0x7f80u;
+      return largest_exponent(static_cast<const uint16_t*>(data) + lo, hi - lo, exponent) != exponent;
+    }
+    default:
+      TORCH_CHECK(false, "finite check: unsupported dtype ", tensor.scalar_type());
+  }
+}
+
 }  // namespace
+
+// True when no element of `tensors` (contiguous CPU float32/float16/bfloat16 tensors, dtypes may
+// differ) is an infinity or a NaN; the threads stop early once one is found.
+bool all_finite(const std::vector<at::Tensor>& tensors) {
+  const size_t count = tensors.size();
+  std::vector<int64_t> offsets(count + 1, 0);
+  for (size_t j = 0; j < count; ++j) {
+    TORCH_CHECK(tensors[j].device().is_cpu() && tensors[j].is_contiguous(),
+                "finite check: tensors must be contiguous CPU tensors");
+    offsets[j + 1] = offsets[j] + tensors[j].numel();
+  }
+  constexpr int64_t block = 1 << 15;
+  std::atomic<bool> finite{true};
+  at::parallel_for(0, offsets[count], block, [&](int64_t begin, int64_t end) {
+    size_t j = std::upper_bound(offsets.begin(), offsets.end(), begin) - offsets.begin() - 1;
+    for (; j < count && offsets[j] < end; ++j) {
+      const int64_t lo = std::max(begin, offsets[j]) - offsets[j];
+      const int64_t hi = std::min(end, offsets[j + 1]) - offsets[j];
+      for (int64_t start = lo; start < hi; start += block) {
+        if (!finite.load(std::memory_order_relaxed)) return;
+        if (!span_is_finite(tensors[j], start, std::min(hi, start + block))) {
+          finite.store(false, std::memory_order_relaxed);
+          return;
+        }
+      }
+    }
+  });
+  return finite.load();
+}
 
 // base: the registry's `kernel` name; first/second: its state buffers (empty lists where it keeps
 // fewer); emas: Ī (empty: SAGE off); constants: β1, β2, eps, momentum, β0, ε_s.
@@ -270,4 +332,5 @@ void fused_step(
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("fused_step", &fused_step, "One fused SAGE update of a parameter group (CPU)");
+  module.def("all_finite", &all_finite, "Whether no element of the tensors is an infinity or a NaN");
 }
