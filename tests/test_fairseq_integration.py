@@ -1,4 +1,4 @@
-"""adam_sage, adamax_sage and sgd_sage through fairseq's own CLIs on a tiny synthetic corpus."""
+"""adam_sage, adamax_sage, sgd_sage and lion_sage through fairseq's own CLIs on a tiny synthetic corpus."""
 
 import math
 import re
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import fairseq_sage.fairseq  # noqa: F401  (registers the optimizers in this process, as --user-dir does)
 from conftest import USER_DIR, run_fairseq, train_args
 from fairseq_sage.checkpoints import load_checkpoint
 
@@ -79,9 +80,10 @@ def test_generate_prints_a_bleu_line(adam_sage_run, toy_data_bin):
     [
         ("adamax_sage", ["--adamax-betas", "(0.9, 0.98)", "--sage-beta0", "0.6"]),
         ("sgd_sage", ["--momentum", "0.9", "--lr", "0.3", "--sage-beta0", "0.6"]),
+        ("lion_sage", ["--lion-betas", "(0.9, 0.99)", "--lr", "1e-3", "--weight-decay", "0.01"]),
     ],
 )
-def test_adamax_and_sgd_sage_train(toy_data_bin, tmp_path, optimizer, flags):
+def test_adamax_sgd_and_lion_sage_train(toy_data_bin, tmp_path, optimizer, flags):
     args = train_args(toy_data_bin, tmp_path, "--max-update", "30", "--clip-norm", "1.0", "--update-freq", "2")
     args[args.index("adam_sage")] = optimizer
     args[args.index("--adam-betas"):args.index("--adam-betas") + 2] = []
@@ -149,6 +151,8 @@ def test_bad_flags_fail_with_one_line_before_writing(toy_data_bin, tmp_path, fla
         ({"sage_params": "(weight"}, "--sage-params '(weight' is not a valid regular expression"),
         ({"_name": "adamax_sage", "adamax_eps": -1.0}, "--adamax-eps must be >= 0"),
         ({"_name": "sgd_sage", "momentum": 1.0}, "--momentum must be in [0, 1)"),
+        ({"_name": "lion_sage", "lion_betas": "(0.9, 1.5)"}, "--lion-betas must be in [0, 1)"),
+        ({"_name": "lion_sage", "lion_betas": "0.9"}, "--lion-betas must be a pair"),
     ],
 )
 def test_bad_flag_values_are_named_in_the_error(config, message):

@@ -1,6 +1,6 @@
 """The fast implementations (foreach, cpp, compiled) against the per-tensor reference path.
 
-Each runs the three optimizers on float32, float16 and bfloat16 parameters spread over three
+Each runs the four optimizers on float32, float16 and bfloat16 parameters spread over three
 groups (defaults; their own lr and beta0; SAGE off) and must end with the reference path's weights
 and state to float32 rounding (to one rounding step of the parameter's own dtype for half
 precision). The ``compiled`` path is the CUDA one (Triton there); here inductor compiles the same
@@ -19,13 +19,15 @@ import pytest
 import torch
 
 from conftest import REPO
-from fairseq_sage import AdamaxSAGE, AdamSAGE, SGDSAGE
+from fairseq_sage import AdamaxSAGE, AdamSAGE, LionSAGE, SGDSAGE
 from fairseq_sage.optim import implementations, multi_tensor
+from fairseq_sage.optim.base_steps import ADAM
 
 OPTIMIZERS = {
     "adam": (AdamSAGE, dict(lr=3e-3, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.01, beta0=0.8)),
     "adamax": (AdamaxSAGE, dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, beta0=0.6)),
     "sgd": (SGDSAGE, dict(lr=0.05, momentum=0.9, weight_decay=0.01, beta0=0.4)),
+    "lion": (LionSAGE, dict(lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1, beta0=0.8)),
 }
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 SHAPES = [(7,), (5, 3), (2, 3, 4), (33, 17)]
@@ -132,9 +134,9 @@ def test_foreach_cuts_large_tensors_into_bounded_batches(monkeypatch, reference_
     batch_sizes = []
     chain = multi_tensor.update_chain_
 
-    def recording_chain(kind, constants, weights, *args):
+    def recording_chain(base, constants, weights, *args):
         batch_sizes.append(sum(w.numel() for w in weights))
-        return chain(kind, constants, weights, *args)
+        return chain(base, constants, weights, *args)
 
     monkeypatch.setattr(multi_tensor, "update_chain_", recording_chain)
     params, optimizer = train("adam", "foreach")
@@ -159,6 +161,76 @@ def test_cpp_leaves_unsupported_tensors_to_the_reference_path():
     assert_same_training(ours, ours_optimizer, ref, ref_optimizer)
 
 
+FINITE_EXTREMES = {  # finite values whose bits lie closest to those of inf and NaN, and the signed zero
+    dtype: [torch.finfo(dtype).max, -torch.finfo(dtype).max, torch.finfo(dtype).smallest_normal / 2, -0.0]
+    for dtype in DTYPES
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kernel_finite_check_is_torch_isfinite(dtype):
+    """Tensors across several of the kernel's blocks of 32k elements and both threads' halves."""
+    from fairseq_sage.optim import fused_cpu
+
+    generator = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(n, generator=generator).to(dtype) for n in (3, 100_003, 40_000)]
+    tensors[1][:4] = torch.tensor(FINITE_EXTREMES[dtype])
+    assert fused_cpu.all_finite(tensors) and all(torch.isfinite(t).all() for t in tensors)
+    assert fused_cpu.all_finite([])
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for index, position in [(0, 0), (1, 0), (1, 65_537), (1, 100_002), (2, 39_999)]:
+            damaged = [t.clone() for t in tensors]
+            damaged[index][position] = bad
+            assert not fused_cpu.all_finite(damaged), (bad, index, position)
+
+
+@pytest.mark.parametrize("bad_value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("where", ["kernel", "reference"])
+def test_a_non_finite_gradient_skips_the_whole_fused_update(monkeypatch, where, bad_value):
+    """auto on CPU: the kernel checks the gradients it updates, torch the others (float64); one bad
+    element, in the last tensor of the last group or in the float64 one, leaves every weight and
+    every state buffer of every group as it was, and the run then goes on as if it had never come."""
+    from fairseq_sage.optim import fused_cpu
+
+    checked = []
+    kernel_check = fused_cpu.all_finite
+    monkeypatch.setattr(fused_cpu, "all_finite",
+                        lambda tensors: checked.append(len(tensors)) or kernel_check(tensors))
+    cls, hp = OPTIMIZERS["adam"]
+
+    def params():
+        wide = torch.randn(5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+        return make_params(shapes=[(7,), (300, 250)]) + [torch.nn.Parameter(wide)]
+
+    ours, control = params(), params()
+    optimizer, control_optimizer = (cls(grouped(p, hp), **hp) for p in (ours, control))
+    steps = gradients(ours, 4)
+    bad = [g.clone() for g in steps[2]]
+    bad[-2 if where == "kernel" else -1].view(-1)[-1] = bad_value
+    for step, step_grads in enumerate(steps):
+        for param, grad in zip(ours, bad if step == 2 else step_grads):
+            param.grad = grad.clone()
+        if step == 2:
+            before = copy.deepcopy((ours, optimizer.state_dict()))
+            with pytest.warns(RuntimeWarning, match="update skipped"):
+                optimizer.step()
+            for param, saved in zip(ours, before[0]):
+                assert torch.equal(param, saved)
+            saved_state, state = before[1]["state"], optimizer.state_dict()["state"]
+            assert saved_state.keys() == state.keys()
+            for index, values in saved_state.items():
+                for key, value in values.items():
+                    assert torch.equal(torch.as_tensor(state[index][key]), torch.as_tensor(value)), (index, key)
+            continue
+        optimizer.step()
+        for param, grad in zip(control, step_grads):
+            param.grad = grad.clone()
+        control_optimizer.step()
+    assert checked and set(checked) == {len(ours) - 1}, "the kernel did not check the gradients it updates"
+    for param, expected in zip(ours, control):
+        assert torch.equal(param, expected)
+
+
 @pytest.mark.parametrize("first, second", [("cpp", "foreach"), ("foreach", "reference"), ("reference", "cpp")])
 def test_checkpoints_continue_across_implementations(first, second):
     """A state_dict saved with one implementation continues with another as if never interrupted."""
@@ -179,18 +251,18 @@ def test_checkpoints_continue_across_implementations(first, second):
 
 
 def test_auto_picks_the_fused_kernel_on_cpu():
-    assert implementations.choose_implementation("auto", "cpu") == "cpp"
-    assert implementations.choose_implementation("auto", "mps") == "foreach"
-    assert implementations.choose_implementation("reference", "cpu") == "reference"
+    assert implementations.choose_implementation("auto", "cpu", ADAM) == "cpp"
+    assert implementations.choose_implementation("auto", "mps", ADAM) == "foreach"
+    assert implementations.choose_implementation("reference", "cpu", ADAM) == "reference"
 
 
 def test_auto_picks_compiled_on_cuda_where_triton_is_installed(monkeypatch, caplog):
     implementations._fall_back.cache_clear()
     monkeypatch.setattr(implementations, "compiler_missing", lambda device_type: "")
-    assert implementations.choose_implementation("auto", "cuda") == "compiled"
+    assert implementations.choose_implementation("auto", "cuda", ADAM) == "compiled"
     monkeypatch.setattr(implementations, "compiler_missing", lambda device_type: "Triton is not installed")
     with caplog.at_level(logging.WARNING):
-        assert implementations.choose_implementation("auto", "cuda") == "foreach"
+        assert implementations.choose_implementation("auto", "cuda", ADAM) == "foreach"
     assert "Triton is not installed" in caplog.text
 
 
@@ -198,15 +270,15 @@ def test_invalid_or_impossible_requests_raise():
     with pytest.raises(ValueError, match="impl must be one of auto, reference, foreach, cpp, compiled"):
         AdamSAGE([torch.nn.Parameter(torch.zeros(2))], impl="fused")
     with pytest.raises(ValueError, match="impl='cpp' updates CPU tensors only"):
-        implementations.choose_implementation("cpp", "cuda")
+        implementations.choose_implementation("cpp", "cuda", ADAM)
 
 
 def test_a_failed_compilation_falls_back_to_foreach_once(monkeypatch, caplog, reference_runs):
     """auto on a device whose compiler fails: one warning, the update done by foreach, no retry."""
     calls = []
 
-    def failing_compile(kind, work):
-        calls.append(kind)
+    def failing_compile(base, work):
+        calls.append(base.name)
         raise torch._dynamo.exc.TorchDynamoException("InductorError: no working C++ compiler\nmore detail")
 
     implementations._fall_back.cache_clear()
@@ -255,6 +327,7 @@ def test_without_a_compiler_auto_falls_back_to_foreach_with_one_log_line(tmp_pat
 def fairseq_optimizer(*flags):
     """The optimizer ``fairseq-train --optimizer adam_sage FLAGS`` builds, on two parameters."""
     options = pytest.importorskip("fairseq.options")
+    import fairseq_sage.fairseq  # noqa: F401  (registers the optimizers, as --user-dir does)
     from fairseq import optim
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 

@@ -17,13 +17,14 @@ import torch
 from conftest import REPO, USER_DIR, train_args
 from data_prep import download
 from data_prep.cli import DataPrepError
-from fairseq_sage import AdamaxSAGE, AdamSAGE, SGDSAGE
+from fairseq_sage import AdamaxSAGE, AdamSAGE, LionSAGE, SGDSAGE
 from fairseq_sage.checkpoints import CheckpointError, load_checkpoint
 
 OPTIMIZERS = {
     "adam": lambda params: AdamSAGE(params, lr=1e-2, weight_decay=0.01),
     "adamax": lambda params: AdamaxSAGE(params, lr=1e-2),
     "sgd": lambda params: SGDSAGE(params, lr=0.1, momentum=0.9),
+    "lion": lambda params: LionSAGE(params, lr=1e-3, weight_decay=0.1),
 }
 
 

@@ -24,6 +24,8 @@ fairseq_options = pytest.importorskip("fairseq.options")
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf  # noqa: E402
 from fairseq.optim import FP16Optimizer, MemoryEfficientFP16Optimizer  # noqa: E402
 
+import fairseq_sage.fairseq  # noqa: E402,F401  (registers the optimizers, as --user-dir does)
+
 OPTIMIZERS = {
     "adam_sage": (AdamSAGE, ["--adam-betas", "(0.9, 0.98)", "--weight-decay", "0.01"],
                   dict(betas=(0.9, 0.98), weight_decay=0.01)),

@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from fairseq_sage import AdamaxSAGE, AdamSAGE, SGDSAGE
+from fairseq_sage import AdamaxSAGE, AdamSAGE, LionSAGE, SGDSAGE
 
 SHAPES = [(7,), (5, 3), (2, 3, 4)]
 STEPS = 25
@@ -45,6 +45,10 @@ def reference_run(kind, theta, grads, hp, sage=True):
             m = b1 * m + (1 - b1) * g
             second = torch.maximum(b2 * second, g.abs())
             update = hp["lr"] / (1 - b1**t) * m * multiplier / (second + hp["eps"])
+        elif kind == "lion":  # Chen et al. 2023: the sign of an interpolation, then the moving average
+            b1, b2 = hp["betas"]
+            update = hp["lr"] * torch.sign(b1 * m + (1 - b1) * g) * multiplier
+            m = b2 * m + (1 - b2) * g
         else:
             m = hp["momentum"] * m + g
             update = hp["lr"] * m * multiplier
@@ -56,6 +60,7 @@ HYPER = {
     "adam": (AdamSAGE, dict(lr=3e-3, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.01, beta0=0.8, sage_eps=1e-12)),
     "adamax": (AdamaxSAGE, dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, beta0=0.6, sage_eps=1e-12)),
     "sgd": (SGDSAGE, dict(lr=0.05, momentum=0.9, weight_decay=0.01, beta0=0.4, sage_eps=1e-12)),
+    "lion": (LionSAGE, dict(lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1, beta0=0.8, sage_eps=1e-12)),
 }
 
 
@@ -98,6 +103,40 @@ def test_matches_reference_with_groups(kind, dtype):
     assert "sensitivity_ema" in optimizer.state[params[0]]
     assert "sensitivity_ema" not in optimizer.state[params[2]], "a SAGE-off group keeps no Ī"
     assert optimizer.state[params[1]]["step"] == STEPS
+
+
+@pytest.mark.parametrize("impl", ["reference", "foreach", "cpp"])
+@pytest.mark.parametrize("sage", [True, False], ids=["sage", "plain"])
+def test_lion_sage_follows_the_equations_on_every_path(impl, sage):
+    """Lion-SAGE (and plain Lion with SAGE off) on float32 tensors against the float64 equations."""
+    hp = dict(HYPER["lion"][1], sage=sage)
+    torch.manual_seed(2)
+    inits = [torch.randn(s) for s in SHAPES]
+    params = [torch.nn.Parameter(x.clone()) for x in inits]
+    optimizer = LionSAGE(params, impl=impl, **hp)
+    grads = [gradient_sequence(s, torch.float32, seed=10 + i) for i, s in enumerate(SHAPES)]
+    run_optimizer(optimizer, params, grads)
+    for p, x, g in zip(params, inits, grads):
+        expected = reference_run("lion", x.double(), [v.double() for v in g], hp, sage=sage)
+        torch.testing.assert_close(p.detach().double(), expected, rtol=1e-5, atol=1e-6)
+        assert sorted(optimizer.state[p]) == sorted(["step", "exp_avg"] + ["sensitivity_ema"] * sage)
+
+
+@pytest.mark.parametrize("impl", ["reference", "foreach", "cpp"])
+def test_lion_weight_decay_alone_shrinks_the_weights_geometrically(impl):
+    """With g = 0 the sign is 0 and only the decoupled decay acts: θ_t = θ_0 · (1 − ηλ)^t."""
+    theta = torch.randn(9)
+    param = torch.nn.Parameter(theta.clone())
+    optimizer = LionSAGE([param], lr=0.01, weight_decay=0.5, impl=impl)
+    for _ in range(4):
+        param.grad = torch.zeros_like(param)
+        optimizer.step()
+    torch.testing.assert_close(param.detach(), theta * (1 - 0.01 * 0.5) ** 4, rtol=1e-6, atol=0)
+
+
+def test_lion_defaults_are_the_papers():
+    group = LionSAGE([torch.nn.Parameter(torch.zeros(2))]).param_groups[0]
+    assert (group["lr"], group["betas"], group["weight_decay"]) == (1e-4, (0.9, 0.99), 0.0)
 
 
 @pytest.mark.parametrize("kind", sorted(HYPER))

@@ -1,7 +1,8 @@
-"""fairseq's ``--optimizer adam_sage | adamax_sage | sgd_sage``: thin adapters over the torch classes.
+"""fairseq's ``--optimizer adam_sage | adamax_sage | sgd_sage | lion_sage``: adapters over the torch classes.
 
 The base optimizers' flags are fairseq's own (``--adam-betas``, ``--adam-eps``, ``--adamax-betas``,
-``--adamax-eps``, ``--no-bias-correction``, ``--momentum``, ``--weight-decay``); SAGE adds
+``--adamax-eps``, ``--no-bias-correction``, ``--momentum``, ``--weight-decay``), and
+``--lion-betas`` for Lion, which fairseq does not have; SAGE adds
 ``--sage-beta0``, ``--sage-eps`` and ``--sage-params``. Every ``--log-interval`` updates the
 adapters log statistics of the SAGE multipliers (:mod:`fairseq_sage.optim.diagnostics`), unless
 ``--no-sage-diagnostics``.
@@ -26,7 +27,7 @@ from omegaconf import II, OmegaConf
 from ..optim.diagnostics import next_update_number, sage_statistics
 from ..optim.implementations import IMPLEMENTATIONS
 from ..optim.named_state import align_by_name, group_names
-from ..optim.optimizers import DEFAULT_SAGE_EPS, AdamaxSAGE, AdamSAGE, SGDSAGE, check_hyperparameters
+from ..optim.optimizers import DEFAULT_SAGE_EPS, AdamaxSAGE, AdamSAGE, LionSAGE, SGDSAGE, check_hyperparameters
 from .errors import SageFlagError
 from .params import sage_param_groups
 
@@ -103,6 +104,16 @@ class AdamaxSageConfig(SageConfig):
 @dataclass
 class SgdSageConfig(SageConfig):
     momentum: float = field(default=0.0, metadata={"help": "momentum factor"})
+    weight_decay: float = field(default=0.0, metadata={"help": "decoupled weight decay"})
+
+
+@dataclass
+class LionSageConfig(SageConfig):
+    lion_betas: Any = field(
+        default=(0.9, 0.99),
+        metadata={"help": "betas for Lion: beta1 of the update sign(beta1*m + (1-beta1)*g), beta2 of "
+                  "the moving average m"},
+    )
     weight_decay: float = field(default=0.0, metadata={"help": "decoupled weight decay"})
 
 
@@ -330,4 +341,20 @@ class FairseqSGDSAGE(_FairseqSAGE):
     def optimizer_config(self) -> dict:
         return dict(
             self._sage_config(), momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay
+        )
+
+
+@register_optimizer("lion_sage", dataclass=LionSageConfig)
+class FairseqLionSAGE(_FairseqSAGE):
+    """Lion (Chen et al., 2023; decoupled weight decay) with SAGE learning-rate modulation."""
+
+    optimizer_class = LionSAGE
+    flag_names = {"betas": "--lion-betas"}
+
+    @property
+    def optimizer_config(self) -> dict:
+        return dict(
+            self._sage_config(),
+            betas=parse_betas(self.cfg.lion_betas, "--lion-betas"),
+            weight_decay=self.cfg.weight_decay,
         )

@@ -4,8 +4,9 @@ The fairseq adapters (:mod:`fairseq_sage.fairseq.optimizers`) call :func:`sage_s
 ``--log-interval`` updates, just before the optimizer steps, and log its result through fairseq's
 metrics, so that ``sage_*`` values appear in the ``train_inner`` lines and in tensorboard.
 
-The multipliers are computed with :func:`fairseq_sage.optim.functional.sage_multiplier_` on a copy of
-each sensitivity EMA Ī: the optimizer state, the weights and the gradients are left untouched, and
+The multipliers are computed by the functions of :mod:`fairseq_sage.optim.functional` (the
+optimizers' own) on a copy of each sensitivity EMA Ī: the optimizer state, the weights and the
+gradients are left untouched, and
 no random number is drawn from torch's global generator, so training gives the same bits with and
 without these statistics.
 """
@@ -16,7 +17,7 @@ from typing import Dict, Iterable, List, Mapping
 import torch
 from torch import Tensor
 
-from .functional import sage_multiplier_
+from .functional import bias_correction, multiplier_from_terms_foreach_, sage_terms_foreach_
 from .optimizers import LOW_PRECISION
 
 __all__ = ["QUANTILES", "SAMPLE_SIZE", "next_update_number", "sage_statistics"]
@@ -72,12 +73,11 @@ def sage_statistics(
     sums = torch.zeros(4, dtype=torch.float64)  # m, [m > 1], Ī_c, U
     samples = []
     for param, group in members:
-        multiplier, ema_corrected, variation = _next_multiplier(param, group, state.get(param, {}))
+        variation, ema_corrected = _next_terms(param, group, state.get(param, {}))
+        term_sums = [ema_corrected.sum(dtype=torch.float64), variation.sum(dtype=torch.float64)]
+        (multiplier,) = multiplier_from_terms_foreach_([variation], [ema_corrected], group["sage_eps"])
         sums += torch.stack([
-            multiplier.sum(dtype=torch.float64),
-            (multiplier > 1).sum(dtype=torch.float64),
-            ema_corrected.sum(dtype=torch.float64),
-            variation.sum(dtype=torch.float64),
+            multiplier.sum(dtype=torch.float64), (multiplier > 1).sum(dtype=torch.float64), *term_sums,
         ]).cpu()
         samples.append(_sample(multiplier.flatten(), total, sample_size, generator))
     sample = torch.cat(samples).double()
@@ -92,8 +92,8 @@ def sage_statistics(
 
 
 @torch.no_grad()
-def _next_multiplier(param: Tensor, group: dict, param_state: Mapping) -> tuple:
-    """(m, Ī_c, U) of ``param``'s next update, leaving ``param_state`` unchanged.
+def _next_terms(param: Tensor, group: dict, param_state: Mapping) -> tuple:
+    """(U, Ī_c) of ``param``'s next update, leaving ``param_state`` unchanged.
 
     Half-precision values are computed in float32, as the optimizer does.
     """
@@ -103,11 +103,9 @@ def _next_multiplier(param: Tensor, group: dict, param_state: Mapping) -> tuple:
     ema = param_state.get("sensitivity_ema")
     ema = torch.zeros_like(weights) if ema is None else ema.detach().to(dtype, copy=True)
     step = int(param_state.get("step", 0)) + 1
-    beta0 = group["beta0"]
-    multiplier = sage_multiplier_(ema, weights, grad, beta0, step, group["sage_eps"])
-    ema_corrected = ema.div_(1 - beta0**step)
-    variation = torch.mul(weights, grad).abs_().sub_(ema_corrected).abs_()
-    return multiplier, ema_corrected, variation
+    correction = bias_correction(group["beta0"], step)
+    (variation,), (ema_corrected,) = sage_terms_foreach_([ema], [weights], [grad], group["beta0"], [correction])
+    return variation, ema_corrected
 
 
 def _sample(values: Tensor, total: int, sample_size: int, generator: torch.Generator) -> Tensor:

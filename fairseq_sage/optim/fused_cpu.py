@@ -10,7 +10,13 @@ back to :mod:`fairseq_sage.optim.multi_tensor`.
 Each element goes through the chain of the reference path (:mod:`fairseq_sage.optim.base_steps`,
 :mod:`fairseq_sage.optim.functional`) in float32, in one read and one write of θ, g, the state and Ī;
 the results match the reference path to float32 rounding, not bit for bit (the divisions are
-gathered into one and Ī is multiplied by 1/(1 − β0^t)).
+gathered into one and Ī is multiplied by 1/(1 − β0^t)). The kernel implements the bases of the
+registry whose :attr:`~fairseq_sage.optim.base_steps.BaseOptimizer.kernel` names one of its own,
+with their state buffers in the registry's order (at most two); it takes the numbers that change
+every update from :func:`fairseq_sage.optim.base_steps.step_scalars`.
+
+:func:`all_finite` is the kernel's check for NaN and infinity: one parallel read of the gradients,
+no temporaries, which the torch classes' step makes before the update writes anything.
 """
 
 import functools
@@ -22,25 +28,15 @@ from typing import List, Sequence
 import torch
 from torch import Tensor
 
-from . import base_steps
+from .base_steps import BaseOptimizer, group_constants, step_scalars
 
-__all__ = ["KernelUnavailable", "load_kernel", "supports", "fused_update_"]
+__all__ = ["KernelUnavailable", "load_kernel", "checkable", "supports", "all_finite", "fused_update_"]
 
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "fused_cpu.cpp"
 
 WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-BASES = {"adam": 0, "adamax": 1, "sgd_momentum": 2, "sgd": 3}
-"""The kernel's numbering of the base optimizers."""
-
-STATE_KEYS = {
-    "adam": ("exp_avg", "exp_avg_sq"),
-    "adamax": ("exp_avg", "exp_inf"),
-    "sgd_momentum": ("momentum_buffer",),
-    "sgd": (),
-}
 
 
 class KernelUnavailable(RuntimeError):
@@ -76,15 +72,18 @@ def load_kernel():
         raise KernelUnavailable(f"{type(err).__name__}: {lines[-1]}") from err
 
 
+def checkable(tensor: Tensor) -> bool:
+    """Whether the kernel can read ``tensor``: a contiguous CPU tensor of one of ``WEIGHT_DTYPES``."""
+    return tensor.device.type == "cpu" and tensor.dtype in WEIGHT_DTYPES and tensor.is_contiguous()
+
+
 def supports(param: Tensor, state: dict) -> bool:
     """Whether the kernel can update ``param`` (dtype, device, layout of it, its gradient and state)."""
     grad = param.grad
     return (
-        param.device.type == "cpu"
-        and param.dtype in WEIGHT_DTYPES
+        checkable(param)
+        and checkable(grad)
         and grad.dtype == param.dtype
-        and param.is_contiguous()
-        and grad.is_contiguous()
         and all(
             value.dtype == torch.float32 and value.is_contiguous()
             for value in state.values()
@@ -93,34 +92,30 @@ def supports(param: Tensor, state: dict) -> bool:
     )
 
 
-def base_name(kind: str, group: dict) -> str:
-    """``kind`` ("adam", "adamax", "sgd"), with SGD split by whether it keeps a momentum buffer."""
-    if kind == "sgd":
-        return "sgd_momentum" if group["momentum"] != 0 else "sgd"
-    return kind
+def all_finite(tensors: Sequence[Tensor]) -> bool:
+    """True when no element of ``tensors`` (all :func:`checkable`) is an infinity or a NaN."""
+    return load_kernel().all_finite(list(tensors))
 
 
-def fused_update_(kind: str, group: dict, params: Sequence[Tensor], states: Sequence[dict]) -> None:
+def fused_update_(base: BaseOptimizer, group: dict, params: Sequence[Tensor], states: Sequence[dict]) -> None:
     """Update ``params`` (one dtype, all :func:`supported <supports>`) of ``group`` in one kernel call.
 
     ``states`` are their states with ``step`` already advanced to this update.
     """
     if not params:
         return
-    base = base_name(kind, group)
-    step_size = base_steps.STEP_SIZES[kind]
-    state_lists: List[List[Tensor]] = [[s[key] for s in states] for key in STATE_KEYS[base]]
+    constants = group_constants(group)
+    state_lists: List[List[Tensor]] = [[s[key] for s in states] for key in base.state_keys(constants)]
     state_lists += [[]] * (2 - len(state_lists))
-    sage = group["sage"]
-    beta1, beta2 = group.get("betas", (group.get("momentum", 0.0), 0.0))
+    scalars = step_scalars(base, group, [s["step"] for s in states])
     load_kernel().fused_step(
-        BASES[base],
+        base.kernel,
         list(params),
         [p.grad for p in params],
         *state_lists,
-        [s["sensitivity_ema"] for s in states] if sage else [],
-        [step_size(group, s["step"]) for s in states],
-        [1 - group["beta0"] ** s["step"] for s in states],
-        group["lr"] * group["weight_decay"],
-        [beta1, beta2, group.get("eps", 0.0), group["beta0"], group["sage_eps"]],
+        [s["sensitivity_ema"] for s in states] if constants.sage else [],
+        scalars.sizes,
+        scalars.corrections,
+        scalars.decay,
+        [*constants.betas, constants.eps, constants.momentum, constants.beta0, constants.sage_eps],
     )

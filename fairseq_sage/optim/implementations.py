@@ -3,11 +3,13 @@
 - ``reference``: one tensor at a time, :mod:`fairseq_sage.optim.base_steps` and
   :mod:`fairseq_sage.optim.functional` (bit-identical to fairseq's ``adam``/``adamax`` with SAGE off);
 - ``foreach``: eager ``torch._foreach_*`` over lists (:mod:`fairseq_sage.optim.multi_tensor`);
-- ``cpp``: one fused C++ loop per group, CPU only (:mod:`fairseq_sage.optim.fused_cpu`);
+- ``cpp``: one fused C++ loop per group, CPU only (:mod:`fairseq_sage.optim.fused_cpu`), for the
+  base optimizers the kernel implements (:attr:`fairseq_sage.optim.base_steps.BaseOptimizer.kernel`);
 - ``compiled``: the foreach chain fused by ``torch.compile`` (Triton kernels on CUDA);
 - ``auto`` (default): ``cpp`` for CPU parameters, ``compiled`` for CUDA ones, ``foreach``
-  elsewhere. Where the chosen one cannot be built (no C++ compiler, no Triton) ``auto`` logs one
-  warning and uses ``foreach``; an implementation asked for by name raises instead.
+  elsewhere. Where the chosen one cannot be built (no C++ compiler, no Triton) or the kernel does
+  not implement the base optimizer, ``auto`` logs one warning and uses ``foreach``; an
+  implementation asked for by name raises instead.
 
 All keep the same state (keys, float32, per-tensor ``step``), so a checkpoint saved with one
 continues with any other. A tensor that ``cpp`` cannot take (float64, a gradient of another dtype,
@@ -24,6 +26,7 @@ import torch
 from torch import Tensor
 
 from . import fused_cpu, multi_tensor
+from .base_steps import BaseOptimizer
 
 __all__ = ["IMPLEMENTATIONS", "check_implementation", "choose_implementation", "update_"]
 
@@ -84,20 +87,23 @@ def _fall_back(requested: str, device_type: str, reason: str) -> None:
                    "slower foreach implementation", requested, device_type, reason)
 
 
-def unavailable_reason(implementation: str, device_type: str) -> str:
-    """Why ``implementation`` cannot run on ``device_type`` here, as far as is known ('' if it can)."""
+def unavailable_reason(implementation: str, device_type: str, base: BaseOptimizer) -> str:
+    """Why ``implementation`` cannot update ``base`` on ``device_type`` here, as far as is known
+    ('' if it can)."""
     if implementation == "cpp":
+        if base.kernel is None:
+            return f"the fused CPU kernel does not implement {base.name}"
         return cpp_kernel_error()
     if implementation == "compiled":
         return compiler_missing(device_type)
     return ""
 
 
-def choose_implementation(requested: str, device_type: str) -> str:
-    """The implementation that updates tensors on ``device_type`` when ``requested`` is asked for."""
+def choose_implementation(requested: str, device_type: str, base: BaseOptimizer) -> str:
+    """The implementation that updates ``base``'s tensors on ``device_type`` when ``requested`` is asked for."""
     if requested == "auto":
         preferred = PREFERRED.get(device_type, "foreach")
-        reason = unavailable_reason(preferred, device_type)
+        reason = unavailable_reason(preferred, device_type, base)
         if reason:
             _fall_back(preferred, device_type, reason)
             return "foreach"
@@ -106,20 +112,20 @@ def choose_implementation(requested: str, device_type: str) -> str:
         if device_type != "cpu":
             raise ValueError(f"impl='cpp' updates CPU tensors only, not {device_type} ones; "
                              "use impl='compiled' or 'foreach'")
-        if cpp_kernel_error():
-            raise RuntimeError(f"impl='cpp': the fused CPU kernel cannot be built here "
-                               f"({cpp_kernel_error()}); use impl='foreach'")
+        reason = unavailable_reason(requested, device_type, base)
+        if reason:
+            raise RuntimeError(f"impl='cpp': {reason}; use impl='foreach'")
     return requested
 
 
-def update_(kind: str, requested: str, work: Work, reference_update: ReferenceUpdate) -> None:
-    """Apply one update of base optimizer ``kind`` ("adam", "adamax", "sgd") to every tensor of ``work``."""
+def update_(base: BaseOptimizer, requested: str, work: Work, reference_update: ReferenceUpdate) -> None:
+    """Apply one update of base optimizer ``base`` to every tensor of ``work``."""
     for device, device_work in split_by_device(work).items():
         device_type = device.type
-        implementation = choose_implementation(requested, device_type)
+        implementation = choose_implementation(requested, device_type, base)
         if implementation == "compiled":
             try:
-                multi_tensor.compiled_update_(kind, device_work)
+                multi_tensor.compiled_update_(base, device_work)
                 continue
             except Exception as err:
                 if requested != "auto" or not is_compile_error(err):
@@ -132,9 +138,9 @@ def update_(kind: str, requested: str, work: Work, reference_update: ReferenceUp
                 for param, state in zip(params, states):
                     reference_update(param, state, group)
             elif implementation == "foreach":
-                multi_tensor.foreach_update_(kind, group, params, states)
+                multi_tensor.foreach_update_(base, group, params, states)
             else:
-                cpp_update_(kind, group, params, states, reference_update)
+                cpp_update_(base, group, params, states, reference_update)
 
 
 def split_by_device(work: Work) -> Dict[torch.device, Work]:
@@ -151,7 +157,11 @@ def split_by_device(work: Work) -> Dict[torch.device, Work]:
 
 
 def cpp_update_(
-    kind: str, group: dict, params: Sequence[Tensor], states: Sequence[dict], reference_update: ReferenceUpdate
+    base: BaseOptimizer,
+    group: dict,
+    params: Sequence[Tensor],
+    states: Sequence[dict],
+    reference_update: ReferenceUpdate,
 ) -> None:
     """The fused kernel for the tensors it supports, one call per dtype; ``reference`` for the rest."""
     by_dtype: Dict[torch.dtype, Tuple[list, list]] = defaultdict(lambda: ([], []))
@@ -162,4 +172,4 @@ def cpp_update_(
         else:
             reference_update(param, state, group)
     for dtype_params, dtype_states in by_dtype.values():
-        fused_cpu.fused_update_(kind, group, dtype_params, dtype_states)
+        fused_cpu.fused_update_(base, group, dtype_params, dtype_states)

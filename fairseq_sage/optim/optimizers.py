@@ -1,8 +1,9 @@
-"""Adam-SAGE, Adamax-SAGE and SGD-SAGE as ``torch.optim.Optimizer`` classes.
+"""Adam-SAGE, Adamax-SAGE, SGD-SAGE and Lion-SAGE as ``torch.optim.Optimizer`` classes.
 
 Each update of a tensor θ with gradient g is a chain of three transformations:
 
-1. the base optimizer's step (:mod:`fairseq_sage.optim.base_steps`): −size · numerator / denominator;
+1. the base optimizer's step (its entry in the registry :mod:`fairseq_sage.optim.base_steps`):
+   −size · numerator / denominator;
 2. SAGE (:mod:`fairseq_sage.optim.functional`): numerator ← numerator ⊙ (U + ε)/(Ī_c + ε), skipped for
    parameter groups with ``sage=False`` (which then keep no Ī buffer);
 3. decoupled weight decay θ ← θ − η·λ·θ, then the step is added to θ.
@@ -28,11 +29,11 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import base_steps, implementations
+from . import base_steps, fused_cpu, implementations
 from .functional import sage_multiplier_
 from .named_state import align_by_name
 
-__all__ = ["AdamSAGE", "AdamaxSAGE", "SGDSAGE", "DEFAULT_SAGE_EPS"]
+__all__ = ["AdamSAGE", "AdamaxSAGE", "SGDSAGE", "LionSAGE", "DEFAULT_SAGE_EPS"]
 
 DEFAULT_SAGE_EPS = 1e-12
 """Default ε of the SAGE multiplier (U + ε)/(Ī_c + ε).
@@ -99,13 +100,19 @@ def check_parameters(params: Iterable[Tensor], optimizer: str) -> None:
                              f"{param.dtype}); optimize torch.view_as_real(param) instead")
 
 
-def all_finite(tensors: List[Tensor]) -> bool:
+def all_finite(tensors: List[Tensor], kernel: bool = False) -> bool:
     """True when no tensor in ``tensors`` holds a NaN or an infinity (one host synchronisation).
 
-    A NaN or an infinity makes a tensor's sum NaN or infinite, so the sums (one read of every
-    tensor, no temporaries) decide; only where a sum is not finite, which an overflowing sum of
-    finite elements can also be, are the elements themselves examined.
+    With ``kernel``, the fused C++ kernel checks the tensors it can read (:func:`fused_cpu.all_finite`:
+    one parallel read, no temporaries). For the others, a NaN or an infinity makes a tensor's sum
+    NaN or infinite, so the sums (one read of every tensor, no temporaries) decide; only where a
+    sum is not finite, which an overflowing sum of finite elements can also be, are the elements
+    themselves examined.
     """
+    if kernel:
+        if not fused_cpu.all_finite([t for t in tensors if fused_cpu.checkable(t)]):
+            return False
+        tensors = [t for t in tensors if not fused_cpu.checkable(t)]
     if not tensors:
         return True
     device = tensors[0].device
@@ -118,16 +125,14 @@ def all_finite(tensors: List[Tensor]) -> bool:
 
 
 class _SAGEOptimizer(torch.optim.Optimizer):
-    """A base step (``_init_state``/``_base_step``) modulated element-wise by SAGE.
+    """A base step (the registry entry ``_base``) modulated element-wise by SAGE.
 
     Besides their hyper-parameters, the optimizers take ``impl`` (see
     :mod:`fairseq_sage.optim.implementations`; default "auto") and ``check_finite`` (default True: an
     update whose gradients hold a NaN or an infinity is skipped, see :meth:`step`).
     """
 
-    _kind: str
-    _init_state: Callable[[Tensor, dict], Dict[str, Tensor]]
-    _base_step: Callable[[dict, Tensor, dict], base_steps.BaseStep]
+    _base: base_steps.BaseOptimizer
 
     disable_mem_eff_fp16_loading_hack = True
     """Tells fairseq's ``--memory-efficient-fp16`` wrapper not to re-assign the loaded state by
@@ -200,14 +205,14 @@ class _SAGEOptimizer(torch.optim.Optimizer):
                 if not state:
                     continue
                 weights = torch.empty_like(param, dtype=torch.float32) if param.dtype in LOW_PRECISION else param
-                wanted = set(self._init_state(weights.new_empty(0), group))
+                wanted = set(self._base.init(weights.new_empty(0), group))
                 if group["sage"]:
                     wanted.add("sensitivity_ema")
                 for key in [k for k in state if k != "step" and k not in wanted]:
                     del state[key]
                 missing = wanted - set(state)
                 if missing:
-                    initial = dict(self._init_state(weights, group), sensitivity_ema=torch.zeros_like(weights))
+                    initial = dict(self._base.init(weights, group), sensitivity_ema=torch.zeros_like(weights))
                     state.update({key: initial[key] for key in missing})
 
     @torch.no_grad()
@@ -216,8 +221,9 @@ class _SAGEOptimizer(torch.optim.Optimizer):
 
         If any gradient holds a NaN or an infinity, nothing changes (one bad batch must not poison
         Ī and the moments) and a RuntimeWarning says that the update was skipped. This check reads
-        every gradient once more; ``check_finite=False`` leaves it to the caller (fairseq's trainer
-        checks the gradient norm before it steps the optimizer).
+        every gradient once more, before anything is written (where the fused kernel updates the
+        CPU tensors, it makes the check too); ``check_finite=False`` leaves it to the caller
+        (fairseq's trainer checks the gradient norm before it steps the optimizer).
         """
         loss = None
         if closure is not None:
@@ -226,7 +232,7 @@ class _SAGEOptimizer(torch.optim.Optimizer):
         gradients = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
         if any(g.is_sparse for g in gradients):  # before any state changes
             raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-        if self.check_finite and not all_finite(gradients):
+        if self.check_finite and not self._gradients_finite(gradients):
             warnings.warn(f"{type(self).__name__}: a gradient holds NaN or inf; update skipped, "
                           "weights and optimizer state left unchanged", RuntimeWarning)
             return loss
@@ -234,8 +240,14 @@ class _SAGEOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             work.append((group, params, [self._advance_state(p, group) for p in params]))
-        implementations.update_(self._kind, self.impl, work, self._update_parameter)
+        implementations.update_(self._base, self.impl, work, self._update_parameter)
         return loss
+
+    def _gradients_finite(self, gradients: List[Tensor]) -> bool:
+        """:func:`all_finite`, by the fused kernel where it updates the CPU tensors."""
+        on_cpu = any(g.device.type == "cpu" for g in gradients)
+        kernel = on_cpu and implementations.choose_implementation(self.impl, "cpu", self._base) == "cpp"
+        return all_finite(gradients, kernel)
 
     def _advance_state(self, param: Tensor, group: dict) -> dict:
         """``param``'s state, created (float32 for half-precision ``param``) at its first update,
@@ -245,7 +257,7 @@ class _SAGEOptimizer(torch.optim.Optimizer):
         if not state:
             weights = torch.empty_like(param, dtype=torch.float32) if low_precision else param
             state["step"] = 0
-            state.update(self._init_state(weights, group))
+            state.update(self._base.init(weights, group))
             if group["sage"]:
                 state["sensitivity_ema"] = torch.zeros_like(weights)
         elif low_precision:
@@ -260,7 +272,7 @@ class _SAGEOptimizer(torch.optim.Optimizer):
         low_precision = param.dtype in LOW_PRECISION
         grad = param.grad.float() if param.grad.dtype in LOW_PRECISION else param.grad
         weights = param.float() if low_precision else param
-        step = self._base_step(state, grad, group)
+        step = self._base.step(state, grad, group)
         if group["sage"]:
             multiplier = sage_multiplier_(
                 state["sensitivity_ema"], weights, grad, group["beta0"], state["step"], group["sage_eps"]
@@ -277,9 +289,7 @@ class AdamSAGE(_SAGEOptimizer):
     θ ← θ − η·λ·θ − η·√(1−β2^t)/(1−β1^t) · m ⊙ (U + ε_s)/(Ī_c + ε_s) / (√v + eps)
     """
 
-    _kind = "adam"
-    _init_state = staticmethod(base_steps.adam_init)
-    _base_step = staticmethod(base_steps.adam_step)
+    _base = base_steps.ADAM
 
     def __init__(
         self,
@@ -307,9 +317,7 @@ class AdamaxSAGE(_SAGEOptimizer):
     θ ← θ − η·λ·θ − η/(1−β1^t) · m ⊙ (U + ε_s)/(Ī_c + ε_s) / (u + eps)
     """
 
-    _kind = "adamax"
-    _init_state = staticmethod(base_steps.adamax_init)
-    _base_step = staticmethod(base_steps.adamax_step)
+    _base = base_steps.ADAMAX
 
     def __init__(
         self,
@@ -338,9 +346,7 @@ class SGDSAGE(_SAGEOptimizer):
     b ← μ·b + g,   θ ← θ − η·λ·θ − η · b ⊙ (U + ε_s)/(Ī_c + ε_s)
     """
 
-    _kind = "sgd"
-    _init_state = staticmethod(base_steps.sgd_init)
-    _base_step = staticmethod(base_steps.sgd_step)
+    _base = base_steps.SGD
 
     def __init__(
         self,
@@ -357,5 +363,32 @@ class SGDSAGE(_SAGEOptimizer):
         defaults = dict(
             lr=lr, momentum=momentum, weight_decay=weight_decay,
             beta0=beta0, sage_eps=sage_eps, sage=sage,
+        )
+        super().__init__(params, defaults, impl, check_finite)
+
+
+class LionSAGE(_SAGEOptimizer):
+    """Lion (Chen et al., 2023; decoupled weight decay) with SAGE learning-rate modulation.
+
+    θ ← θ − η·λ·θ − η · sign(β1·m + (1−β1)·g) ⊙ (U + ε_s)/(Ī_c + ε_s),
+    then m ← β2·m + (1−β2)·g
+    """
+
+    _base = base_steps.LION
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-4,
+        betas: Tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+        beta0: float = 0.8,
+        sage_eps: float = DEFAULT_SAGE_EPS,
+        sage: bool = True,
+        impl: str = "auto",
+        check_finite: bool = True,
+    ):
+        defaults = dict(
+            lr=lr, betas=_pair(betas), weight_decay=weight_decay, beta0=beta0, sage_eps=sage_eps, sage=sage,
         )
         super().__init__(params, defaults, impl, check_finite)

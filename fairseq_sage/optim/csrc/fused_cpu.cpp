@@ -3,16 +3,22 @@
 // memory (θ, g, the base optimizer's state and Ī are each read once and written once).
 //
 // fairseq_sage/optim/fused_cpu.py builds this file at first use and documents the arguments; the
-// arithmetic is that of fairseq_sage/optim/base_steps.py and fairseq_sage/optim/functional.py, with the
-// divisions gathered into one:  θ ← θ − ηλθ − size · (U + ε_s)·num / ((Ī_c + ε_s)·den).
+// arithmetic is that of the registry's entries (fairseq_sage/optim/base_steps.py; one base_step
+// specialisation here for each entry whose `kernel` names it) and of
+// fairseq_sage/optim/functional.py (sage_multiplier below), with the divisions gathered into one:
+//     θ ← θ − ηλθ − size · (U + ε_s)·num / ((Ī_c + ε_s)·den).
+// all_finite, the finite-gradient check of the torch classes' step, reads the gradients once in
+// parallel before that update writes anything.
 
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 // x86-64 machines get the loop compiled for AVX-512, AVX2 and the baseline, picked at load time.
@@ -24,11 +30,11 @@
 
 namespace {
 
-enum class Base : int64_t { Adam = 0, Adamax = 1, SgdMomentum = 2, Sgd = 3 };
+enum class Base { Adam, Adamax, SgdMomentum, Sgd, Lion };
 
-// Per group: the base optimizer's coefficients (β1, β2, eps; μ in beta1 for SGD) and SAGE's.
+// Per group: the base optimizers' coefficients and SAGE's.
 struct GroupConstants {
-  float beta1, one_minus_beta1, beta2, one_minus_beta2, eps;
+  float beta1, one_minus_beta1, beta2, one_minus_beta2, eps, momentum;
   float beta0, one_minus_beta0, sage_eps;
 };
 
@@ -39,8 +45,80 @@ struct TensorConstants {
   float decay;               // η·λ
 };
 
-// Updates elements [0, n) of one tensor; `first`/`second` are the base optimizer's state
-// (m and v, m and u, or the momentum buffer), `ema` is Ī. Unused pointers may be null.
+// A step num / den: the base step's, or SAGE's multiplier before its division.
+struct Fraction {
+  float numerator, denominator;
+};
+
+// The base step of element i with gradient g: advances its state (`first`, `second`: the
+// registry's state buffers, in order) and returns numerator / denominator (base_steps.py has the
+// equations).
+template <Base base>
+inline Fraction base_step(float g, float* __restrict__ first, float* __restrict__ second,
+                          int64_t i, const GroupConstants& k);
+
+template <>
+inline Fraction base_step<Base::Adam>(float g, float* __restrict__ first,
+                                      float* __restrict__ second, int64_t i,
+                                      const GroupConstants& k) {
+  const float m = first[i] * k.beta1 + k.one_minus_beta1 * g;
+  const float v = second[i] * k.beta2 + k.one_minus_beta2 * (g * g);
+  first[i] = m;
+  second[i] = v;
+  return {m, std::sqrt(v) + k.eps};
+}
+
+template <>
+inline Fraction base_step<Base::Adamax>(float g, float* __restrict__ first,
+                                        float* __restrict__ second, int64_t i,
+                                        const GroupConstants& k) {
+  const float m = first[i] * k.beta1 + k.one_minus_beta1 * g;
+  const float decayed = second[i] * k.beta2;
+  const float magnitude = std::fabs(g);
+  // torch.maximum: NaN in either operand gives NaN
+  const float u = (decayed > magnitude || decayed != decayed) ? decayed : magnitude;
+  first[i] = m;
+  second[i] = u;
+  return {m, u + k.eps};
+}
+
+template <>
+inline Fraction base_step<Base::SgdMomentum>(float g, float* __restrict__ first, float*,
+                                             int64_t i, const GroupConstants& k) {
+  const float b = first[i] * k.momentum + g;
+  first[i] = b;
+  return {b, 1.0f};
+}
+
+template <>
+inline Fraction base_step<Base::Sgd>(float g, float*, float*, int64_t, const GroupConstants&) {
+  return {g, 1.0f};
+}
+
+template <>
+inline Fraction base_step<Base::Lion>(float g, float* __restrict__ first, float*, int64_t i,
+                                      const GroupConstants& k) {
+  const float m = first[i];
+  const float interpolated = m * k.beta1 + k.one_minus_beta1 * g;
+  first[i] = m * k.beta2 + k.one_minus_beta2 * g;
+  // sign, as torch.sign: 0 for 0 and for NaN
+  return {static_cast<float>((interpolated > 0.0f) - (interpolated < 0.0f)), 1.0f};
+}
+
+// SAGE's multiplier (U + ε_s)/(Ī_c + ε_s) of element i, with weight w and gradient g, as a
+// fraction; advances its Ī (`ema`): I = |w·g|, Ī ← β0·Ī + (1−β0)·I, Ī_c = Ī/(1 − β0^t),
+// U = |I − Ī_c|.
+inline Fraction sage_multiplier(float w, float g, float* __restrict__ ema, int64_t i,
+                                const GroupConstants& k, const TensorConstants& t) {
+  const float sensitivity = std::fabs(w * g);
+  const float average = ema[i] * k.beta0 + k.one_minus_beta0 * sensitivity;
+  ema[i] = average;
+  const float corrected = average * t.inverse_correction;
+  return {std::fabs(sensitivity - corrected) + k.sage_eps, corrected + k.sage_eps};
+}
+
+// Updates elements [0, n) of one tensor; `first`/`second` are the base optimizer's state and
+// `ema` is Ī (null where not used).
 template <Base base, bool sage, typename Weight>
 SAGE_VECTOR_CLONES void update_span(
     Weight* __restrict__ weights, const Weight* __restrict__ grads, float* __restrict__ first,
@@ -49,57 +127,39 @@ SAGE_VECTOR_CLONES void update_span(
   for (int64_t i = 0; i < n; ++i) {
     const float g = static_cast<float>(grads[i]);
     const float w = static_cast<float>(weights[i]);
-    float numerator = g;
-    float denominator = 1.0f;
-    if constexpr (base == Base::Adam) {
-      const float m = first[i] * k.beta1 + k.one_minus_beta1 * g;
-      const float v = second[i] * k.beta2 + k.one_minus_beta2 * (g * g);
-      first[i] = m;
-      second[i] = v;
-      numerator = m;
-      denominator = std::sqrt(v) + k.eps;
-    } else if constexpr (base == Base::Adamax) {
-      const float m = first[i] * k.beta1 + k.one_minus_beta1 * g;
-      const float decayed = second[i] * k.beta2;
-      const float magnitude = std::fabs(g);
-      // torch.maximum: NaN in either operand gives NaN
-      const float u = (decayed > magnitude || decayed != decayed) ? decayed : magnitude;
-      first[i] = m;
-      second[i] = u;
-      numerator = m;
-      denominator = u + k.eps;
-    } else if constexpr (base == Base::SgdMomentum) {
-      const float b = first[i] * k.beta1 + g;
-      first[i] = b;
-      numerator = b;
-    }
+    Fraction step = base_step<base>(g, first, second, i, k);
     if constexpr (sage) {
-      const float sensitivity = std::fabs(w * g);
-      const float average = ema[i] * k.beta0 + k.one_minus_beta0 * sensitivity;
-      ema[i] = average;
-      const float corrected = average * t.inverse_correction;
-      numerator *= std::fabs(sensitivity - corrected) + k.sage_eps;
-      denominator *= corrected + k.sage_eps;
+      const Fraction multiplier = sage_multiplier(w, g, ema, i, k, t);
+      step.numerator *= multiplier.numerator;
+      step.denominator *= multiplier.denominator;
     }
     const float decayed_weight = w - t.decay * w;
-    weights[i] = static_cast<Weight>(decayed_weight - t.step_size * (numerator / denominator));
+    weights[i] = static_cast<Weight>(decayed_weight - t.step_size * (step.numerator / step.denominator));
   }
 }
 
-template <typename T>
-T* pointer_or_null(const std::vector<at::Tensor>& tensors, size_t index) {
-  return tensors.empty() ? nullptr : tensors[index].data_ptr<T>();
+// The tensors of one group (one dtype) and their per-tensor numbers.
+struct GroupTensors {
+  const std::vector<at::Tensor>& params;
+  const std::vector<at::Tensor>& grads;
+  const std::vector<at::Tensor>& first;
+  const std::vector<at::Tensor>& second;
+  const std::vector<at::Tensor>& emas;
+  const std::vector<double>& step_sizes;
+  const std::vector<double>& ema_corrections;  // 1 − β0^t
+  double decay;
+};
+
+// `tensors[index] + offset` as a float pointer, or null when `tensors` is empty.
+float* state_or_null(const std::vector<at::Tensor>& tensors, size_t index, int64_t offset) {
+  return tensors.empty() ? nullptr : tensors[index].data_ptr<float>() + offset;
 }
 
 template <Base base, bool sage, typename Weight>
-void update_tensors(
-    const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
-    const std::vector<at::Tensor>& first, const std::vector<at::Tensor>& second,
-    const std::vector<at::Tensor>& emas, const std::vector<double>& step_sizes,
-    const std::vector<double>& ema_corrections, double decay, const GroupConstants& k) {
-  const size_t count = params.size();
+void update_tensors(const GroupTensors& group, const GroupConstants& k) {
+  const size_t count = group.params.size();
   std::vector<int64_t> offsets(count + 1, 0);
-  for (size_t j = 0; j < count; ++j) offsets[j + 1] = offsets[j] + params[j].numel();
+  for (size_t j = 0; j < count; ++j) offsets[j + 1] = offsets[j] + group.params[j].numel();
   // The elements of all tensors, end to end, are split evenly among the threads.
   at::parallel_for(0, offsets[count], 1 << 15, [&](int64_t begin, int64_t end) {
     size_t j = std::upper_bound(offsets.begin(), offsets.end(), begin) - offsets.begin() - 1;
@@ -107,64 +167,56 @@ void update_tensors(
       const int64_t lo = std::max(begin, offsets[j]) - offsets[j];
       const int64_t hi = std::min(end, offsets[j + 1]) - offsets[j];
       if (hi <= lo) continue;
-      const TensorConstants t{static_cast<float>(step_sizes[j]),
-                              static_cast<float>(1.0 / ema_corrections[j]),
-                              static_cast<float>(decay)};
-      float* first_j = pointer_or_null<float>(first, j);
-      float* second_j = pointer_or_null<float>(second, j);
-      float* ema_j = pointer_or_null<float>(emas, j);
+      const TensorConstants t{static_cast<float>(group.step_sizes[j]),
+                              static_cast<float>(1.0 / group.ema_corrections[j]),
+                              static_cast<float>(group.decay)};
       update_span<base, sage, Weight>(
-          params[j].data_ptr<Weight>() + lo, grads[j].data_ptr<Weight>() + lo,
-          first_j ? first_j + lo : nullptr, second_j ? second_j + lo : nullptr,
-          ema_j ? ema_j + lo : nullptr, hi - lo, k, t);
+          group.params[j].data_ptr<Weight>() + lo, group.grads[j].data_ptr<Weight>() + lo,
+          state_or_null(group.first, j, lo), state_or_null(group.second, j, lo),
+          state_or_null(group.emas, j, lo), hi - lo, k, t);
     }
   });
 }
 
 template <Base base, bool sage>
-void update_by_dtype(
-    const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
-    const std::vector<at::Tensor>& first, const std::vector<at::Tensor>& second,
-    const std::vector<at::Tensor>& emas, const std::vector<double>& step_sizes,
-    const std::vector<double>& ema_corrections, double decay, const GroupConstants& k) {
-  switch (params.front().scalar_type()) {
+void update_by_dtype(const GroupTensors& group, const GroupConstants& k) {
+  switch (group.params.front().scalar_type()) {
     case at::kFloat:
-      return update_tensors<base, sage, float>(params, grads, first, second, emas, step_sizes,
-                                               ema_corrections, decay, k);
+      return update_tensors<base, sage, float>(group, k);
     case at::kHalf:
-      return update_tensors<base, sage, at::Half>(params, grads, first, second, emas, step_sizes,
-                                                  ema_corrections, decay, k);
+      return update_tensors<base, sage, at::Half>(group, k);
     case at::kBFloat16:
-      return update_tensors<base, sage, at::BFloat16>(params, grads, first, second, emas,
-                                                      step_sizes, ema_corrections, decay, k);
+      return update_tensors<base, sage, at::BFloat16>(group, k);
     default:
       TORCH_CHECK(false, "fused SAGE step: unsupported parameter dtype ",
-                  params.front().scalar_type());
+                  group.params.front().scalar_type());
   }
 }
 
 template <Base base>
-void update_by_sage(
-    const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
-    const std::vector<at::Tensor>& first, const std::vector<at::Tensor>& second,
-    const std::vector<at::Tensor>& emas, const std::vector<double>& step_sizes,
-    const std::vector<double>& ema_corrections, double decay, const GroupConstants& k) {
-  if (emas.empty()) {
-    update_by_dtype<base, false>(params, grads, first, second, emas, step_sizes, ema_corrections,
-                                 decay, k);
+void update_by_sage(const GroupTensors& group, const GroupConstants& k) {
+  if (group.emas.empty()) {
+    update_by_dtype<base, false>(group, k);
   } else {
-    update_by_dtype<base, true>(params, grads, first, second, emas, step_sizes, ema_corrections,
-                                decay, k);
+    update_by_dtype<base, true>(group, k);
   }
 }
 
+// The kernel's base for a registry name; SGD keeps a momentum buffer or none.
+Base base_named(const std::string& name, const GroupTensors& group) {
+  if (name == "adam") return Base::Adam;
+  if (name == "adamax") return Base::Adamax;
+  if (name == "sgd") return group.first.empty() ? Base::Sgd : Base::SgdMomentum;
+  if (name == "lion") return Base::Lion;
+  TORCH_CHECK(false, "fused SAGE step: the kernel does not implement base optimizer '", name, "'");
+}
+
 // Checks what the loops above take for granted: one dtype and one layout for all tensors.
-void check_arguments(
-    const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
-    const std::vector<std::vector<at::Tensor>>& states, size_t step_sizes,
-    size_t ema_corrections) {
+void check_arguments(const GroupTensors& group) {
+  const auto& params = group.params;
   const size_t count = params.size();
-  TORCH_CHECK(grads.size() == count && step_sizes == count && ema_corrections == count,
+  TORCH_CHECK(group.grads.size() == count && group.step_sizes.size() == count &&
+                  group.ema_corrections.size() == count,
               "fused SAGE step: lists of different lengths");
   for (size_t j = 0; j < count; ++j) {
     const at::Tensor& p = params[j];
@@ -172,52 +224,113 @@ void check_arguments(
                 "contiguous CPU tensors");
     TORCH_CHECK(p.scalar_type() == params.front().scalar_type(),
                 "fused SAGE step: parameters of different dtypes");
-    TORCH_CHECK(grads[j].scalar_type() == p.scalar_type() && grads[j].is_contiguous() &&
-                    grads[j].numel() == p.numel(),
+    TORCH_CHECK(group.grads[j].scalar_type() == p.scalar_type() && group.grads[j].is_contiguous() &&
+                    group.grads[j].numel() == p.numel(),
                 "fused SAGE step: a gradient differs from its parameter in dtype, size or layout");
-    for (const auto& state : states) {
-      if (state.empty()) continue;
-      TORCH_CHECK(state.size() == count, "fused SAGE step: lists of different lengths");
-      TORCH_CHECK(state[j].scalar_type() == at::kFloat && state[j].is_contiguous() &&
-                      state[j].numel() == p.numel(),
+    for (const auto* state : {&group.first, &group.second, &group.emas}) {
+      if (state->empty()) continue;
+      TORCH_CHECK(state->size() == count, "fused SAGE step: lists of different lengths");
+      TORCH_CHECK((*state)[j].scalar_type() == at::kFloat && (*state)[j].is_contiguous() &&
+                      (*state)[j].numel() == p.numel(),
                   "fused SAGE step: optimizer state must be contiguous float32 tensors");
     }
   }
 }
 
+// The largest exponent field among n floating-point numbers given by their bits; it equals
+// `exponent` (all ones) exactly when one of them is an infinity or a NaN.
+template <typename Bits>
+SAGE_VECTOR_CLONES Bits largest_exponent(const Bits* __restrict__ bits, int64_t n, Bits exponent) {
+  Bits largest = 0;
+  for (int64_t i = 0; i < n; ++i) largest = std::max<Bits>(largest, bits[i] & exponent);
+  return largest;
+}
+
+// Whether no element in [lo, hi) of `tensor` (float32, float16 or bfloat16) is an infinity or a NaN.
+bool span_is_finite(const at::Tensor& tensor, int64_t lo, int64_t hi) {
+  const void* data = tensor.data_ptr();
+  switch (tensor.scalar_type()) {
+    case at::kFloat: {
+      const uint32_t exponent = 0x7f800000u;
+      return largest_exponent(static_cast<const uint32_t*>(data) + lo, hi - lo, exponent) != exponent;
+    }
+    case at::kHalf: {
+      const uint16_t exponent = 0x7c00u;
+      return largest_exponent(static_cast<const uint16_t*>(data) + lo, hi - lo, exponent) != exponent;
+    }
+    case at::kBFloat16: {
+      const uint16_t exponent = 0x7f80u;
+      return largest_exponent(static_cast<const uint16_t*>(data) + lo, hi - lo, exponent) != exponent;
+    }
+    default:
+      TORCH_CHECK(false, "finite check: unsupported dtype ", tensor.scalar_type());
+  }
+}
+
 }  // namespace
 
-// base: 0 Adam, 1 Adamax, 2 SGD with momentum, 3 SGD; constants: β1 (μ for SGD), β2, eps, β0, ε_s.
-void fused_step(
-    int64_t base, const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
-    const std::vector<at::Tensor>& first, const std::vector<at::Tensor>& second,
-    const std::vector<at::Tensor>& emas, const std::vector<double>& step_sizes,
-    const std::vector<double>& ema_corrections, double decay, std::vector<double> constants) {
-  if (params.empty()) return;
-  check_arguments(params, grads, {first, second, emas}, step_sizes.size(), ema_corrections.size());
-  TORCH_CHECK(constants.size() == 5, "fused SAGE step: expected 5 constants");
-  const double beta1 = constants[0], beta2 = constants[1], beta0 = constants[3];
-  const GroupConstants k{static_cast<float>(beta1),  static_cast<float>(1 - beta1),
-                         static_cast<float>(beta2),  static_cast<float>(1 - beta2),
-                         static_cast<float>(constants[2]), static_cast<float>(beta0),
-                         static_cast<float>(1 - beta0), static_cast<float>(constants[4])};
-  switch (static_cast<Base>(base)) {
-    case Base::Adam:
-      return update_by_sage<Base::Adam>(params, grads, first, second, emas, step_sizes,
-                                        ema_corrections, decay, k);
-    case Base::Adamax:
-      return update_by_sage<Base::Adamax>(params, grads, first, second, emas, step_sizes,
-                                          ema_corrections, decay, k);
-    case Base::SgdMomentum:
-      return update_by_sage<Base::SgdMomentum>(params, grads, first, second, emas, step_sizes,
-                                               ema_corrections, decay, k);
-    case Base::Sgd:
-      return update_by_sage<Base::Sgd>(params, grads, first, second, emas, step_sizes,
-                                       ema_corrections, decay, k);
+// True when no element of `tensors` (contiguous CPU float32/float16/bfloat16 tensors, dtypes may
+// differ) is an infinity or a NaN; the threads stop early once one is found.
+bool all_finite(const std::vector<at::Tensor>& tensors) {
+  const size_t count = tensors.size();
+  std::vector<int64_t> offsets(count + 1, 0);
+  for (size_t j = 0; j < count; ++j) {
+    TORCH_CHECK(tensors[j].device().is_cpu() && tensors[j].is_contiguous(),
+                "finite check: tensors must be contiguous CPU tensors");
+    offsets[j + 1] = offsets[j] + tensors[j].numel();
   }
-  TORCH_CHECK(false, "fused SAGE step: unknown base optimizer ", base);
+  constexpr int64_t block = 1 << 15;
+  std::atomic<bool> finite{true};
+  at::parallel_for(0, offsets[count], block, [&](int64_t begin, int64_t end) {
+    size_t j = std::upper_bound(offsets.begin(), offsets.end(), begin) - offsets.begin() - 1;
+    for (; j < count && offsets[j] < end; ++j) {
+      const int64_t lo = std::max(begin, offsets[j]) - offsets[j];
+      const int64_t hi = std::min(end, offsets[j + 1]) - offsets[j];
+      for (int64_t start = lo; start < hi; start += block) {
+        if (!finite.load(std::memory_order_relaxed)) return;
+        if (!span_is_finite(tensors[j], start, std::min(hi, start + block))) {
+          finite.store(false, std::memory_order_relaxed);
+          return;
+        }
+      }
+    }
+  });
+  return finite.load();
+}
+
+// base: the registry's `kernel` name; first/second: its state buffers (empty lists where it keeps
+// fewer); emas: Ī (empty: SAGE off); constants: β1, β2, eps, momentum, β0, ε_s.
+void fused_step(
+    const std::string& base, const std::vector<at::Tensor>& params,
+    const std::vector<at::Tensor>& grads, const std::vector<at::Tensor>& first,
+    const std::vector<at::Tensor>& second, const std::vector<at::Tensor>& emas,
+    const std::vector<double>& step_sizes, const std::vector<double>& ema_corrections, double decay,
+    const std::vector<double>& constants) {
+  if (params.empty()) return;
+  const GroupTensors group{params, grads, first, second, emas, step_sizes, ema_corrections, decay};
+  check_arguments(group);
+  TORCH_CHECK(constants.size() == 6, "fused SAGE step: expected 6 constants");
+  const double beta1 = constants[0], beta2 = constants[1], beta0 = constants[4];
+  const GroupConstants k{static_cast<float>(beta1),        static_cast<float>(1 - beta1),
+                         static_cast<float>(beta2),        static_cast<float>(1 - beta2),
+                         static_cast<float>(constants[2]), static_cast<float>(constants[3]),
+                         static_cast<float>(beta0),        static_cast<float>(1 - beta0),
+                         static_cast<float>(constants[5])};
+  switch (base_named(base, group)) {
+    case Base::Adam:
+      return update_by_sage<Base::Adam>(group, k);
+    case Base::Adamax:
+      return update_by_sage<Base::Adamax>(group, k);
+    case Base::SgdMomentum:
+      return update_by_sage<Base::SgdMomentum>(group, k);
+    case Base::Sgd:
+      return update_by_sage<Base::Sgd>(group, k);
+    case Base::Lion:
+      return update_by_sage<Base::Lion>(group, k);
+  }
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("fused_step", &fused_step, "One fused SAGE update of a parameter group (CPU)");
+  module.def("all_finite", &all_finite, "Whether no element of the tensors is an infinity or a NaN");
 }
