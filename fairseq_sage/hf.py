@@ -1,9 +1,7 @@
 """SAGE's statistics in Hugging Face Transformers' training logs.
 
     from fairseq_sage import AdamSAGE
-    from fairseq_sage.hf import SAGEStatisticsCallback
-
-    from fairseq_sage.hf import add_sage_statistics
+    from fairseq_sage.hf import add_sage_statistics   # or trainer.add_callback(SAGEStatisticsCallback())
 
     trainer = Trainer(..., optimizer_cls_and_kwargs=(AdamSAGE, {"lr": 5e-4, "beta0": 0.8}))
     add_sage_statistics(trainer)

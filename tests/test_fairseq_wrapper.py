@@ -189,6 +189,24 @@ def test_resuming_with_other_flags_runs_and_records_the_command_lines_values(toy
     assert state["param_groups"][0]["momentum"] == 0.8
 
 
+@pytest.mark.parametrize("flags", [["--memory-efficient-fp16"], ["--fp16", "--fp16-no-flatten-grads"]],
+                         ids=["memory-efficient-fp16", "fp16-no-flatten-grads"])
+def test_sage_over_adafactor_trains_in_half_precision_on_cpu(toy_data_bin, tmp_path, flags):
+    """fairseq's fp16 wrappers around --optimizer sage: a real run (the two that run on a CPU)."""
+    run_fairseq("train", *sage_train_args(toy_data_bin, tmp_path, "--sage-base", "adafactor",
+                                          "--max-update", "4", "--no-epoch-checkpoints", *flags))
+    checkpoint = load_checkpoint(str(tmp_path / "checkpoint_last.pt"))
+    optimizer = checkpoint["last_optimizer_state"]
+    assert optimizer["loss_scale"] > 0
+    weights = [w for name, w in checkpoint["model"].items() if not name.endswith(".version")]
+    assert optimizer["sage"]["params"] == list(range(len(weights)))
+    for index, weight in enumerate(weights):
+        entry = optimizer["state"][index]
+        assert entry["sage_step"] == 4
+        assert entry["sensitivity_ema"].dtype == torch.float32 and entry["sensitivity_ema"].shape == weight.shape
+        assert torch.isfinite(entry["sensitivity_ema"]).all() and entry["sensitivity_ema"].abs().sum() > 0
+
+
 def test_nag_sage_trains_with_its_momentum_flag(toy_data_bin, tmp_path):
     flags = ("--sage-base", "nag", "--momentum", "0.95", "--lr", "0.1", "--max-update", "20")
     args = sage_train_args(toy_data_bin, tmp_path, *flags)
