@@ -8,6 +8,7 @@ graph to C++, which checks everything but the generated GPU code.
 """
 
 import copy
+import dataclasses
 import logging
 import math
 import os
@@ -20,7 +21,7 @@ import torch
 
 from conftest import REPO
 from fairseq_sage import AdamaxSAGE, AdamSAGE, LionSAGE, SGDSAGE
-from fairseq_sage.optim import implementations, multi_tensor
+from fairseq_sage.optim import base_steps, implementations, multi_tensor
 from fairseq_sage.optim.base_steps import ADAM
 
 OPTIMIZERS = {
@@ -264,6 +265,29 @@ def test_auto_picks_compiled_on_cuda_where_triton_is_installed(monkeypatch, capl
     with caplog.at_level(logging.WARNING):
         assert implementations.choose_implementation("auto", "cuda", ADAM) == "foreach"
     assert "Triton is not installed" in caplog.text
+
+
+def test_a_base_the_kernel_does_not_implement_runs_foreach(monkeypatch, caplog, reference_runs):
+    """A registry entry that names no kernel: auto runs foreach on CPU (one warning, the reference's
+    results), and impl='cpp' is refused with the fix."""
+    unfused = dataclasses.replace(base_steps.LION, name="lion_unfused", kernel=None)
+    monkeypatch.setitem(OPTIMIZERS, "lion", (type("UnfusedLionSAGE", (LionSAGE,), {"_base": unfused}),
+                                             OPTIMIZERS["lion"][1]))
+    foreach_calls = []
+    foreach_update = multi_tensor.foreach_update_
+    monkeypatch.setattr(multi_tensor, "foreach_update_",
+                        lambda base, *args: foreach_calls.append(base.name) or foreach_update(base, *args))
+    implementations._fall_back.cache_clear()
+    with caplog.at_level(logging.WARNING):
+        params, optimizer = train("lion", "auto")
+    assert set(foreach_calls) == {"lion_unfused"}
+    assert_same_training(params, optimizer, *reference_runs["lion"])
+    warnings = [r.message for r in caplog.records if "SAGE update is unavailable" in r.message]
+    assert warnings == ["fairseq-sage: the cpp SAGE update is unavailable for cpu tensors (the fused CPU kernel "
+                        "does not implement lion_unfused); using the slower foreach implementation"]
+    with pytest.raises(RuntimeError, match=re.escape("impl='cpp': the fused CPU kernel does not implement "
+                                                     "lion_unfused; use impl='foreach'")):
+        train("lion", "cpp", steps=1)
 
 
 def test_invalid_or_impossible_requests_raise():

@@ -218,11 +218,11 @@ class TensorScalars(NamedTuple):
 
 
 def step_scalars(base: BaseOptimizer, group: dict, steps: Sequence[int]) -> TensorScalars:
-    """:class:`TensorScalars` of the tensors of ``group`` at updates ``steps``."""
+    """:class:`TensorScalars` of the tensors of ``group`` at updates ``steps`` (computed once for
+    each distinct t: the tensors of a group usually share it)."""
+    by_step = {t: (base.step_size(group, t), bias_correction(group["beta0"], t)) for t in set(steps)}
     return TensorScalars(
-        [base.step_size(group, step) for step in steps],
-        [bias_correction(group["beta0"], step) for step in steps],
-        group["lr"] * group["weight_decay"],
+        [by_step[t][0] for t in steps], [by_step[t][1] for t in steps], group["lr"] * group["weight_decay"]
     )
 
 

@@ -82,12 +82,12 @@ def supports(param: Tensor, state: dict) -> bool:
     grad = param.grad
     return (
         checkable(param)
-        and checkable(grad)
         and grad.dtype == param.dtype
+        and grad.is_contiguous()
         and all(
             value.dtype == torch.float32 and value.is_contiguous()
             for value in state.values()
-            if torch.is_tensor(value)
+            if isinstance(value, Tensor)
         )
     )
 
