@@ -154,3 +154,21 @@ def test_zero_sharding_of_optimizer_state_gives_the_unsharded_result(runs, toy_d
     assert len(logged["variation"]) == len(logged["sensitivity"]) == UPDATES, ranks["log"][-3000:]
     ratios = [u / i for u, i in zip(logged["variation"], logged["sensitivity"])]
     assert ratios[0] < 1e-5 and all(ratio > 1e-2 for ratio in ratios[1:]), ratios
+
+
+def test_sage_over_nag_keeps_the_ranks_identical(toy_data_bin, tmp_path):
+    """``--optimizer sage --sage-base nag`` on two data-parallel ranks: same weights, same Ī and
+    momentum buffers on both, as for adam_sage."""
+    from test_fairseq_wrapper import sage_train_args
+
+    flags = ("--sage-base", "nag", "--momentum", "0.9", "--lr", "0.05", *COMMON, *DISTRIBUTED_ON_CPU)
+    ranks = run_two_ranks(tmp_path / "dumps", sage_train_args(toy_data_bin, tmp_path / "ddp", *flags))
+    rank0, rank1 = ranks[0], ranks[1]
+    for name, weight in rank0["model"].items():
+        assert torch.equal(weight, rank1["model"][name]), name
+    state0, state1 = rank0["optimizer"]["state"], rank1["optimizer"]["state"]
+    assert state0.keys() == state1.keys() and state0
+    for index, entry in state0.items():
+        assert entry["sage_step"] == UPDATES
+        for key in ("sensitivity_ema", "momentum_buffer"):
+            assert torch.equal(entry[key], state1[index][key]), (index, key)
