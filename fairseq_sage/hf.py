@@ -29,7 +29,7 @@ class SAGEStatisticsCallback(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         if optimizer is not None and state.logging_steps and (state.global_step + 1) % state.logging_steps == 0:
             optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper holds ours
-            self.statistics = sage_statistics(optimizer.param_groups, optimizer.state)
+            self.statistics = sage_statistics(optimizer.sage_param_groups, optimizer.state)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is not None and "loss" in logs:

@@ -260,7 +260,7 @@ class _FairseqSAGE(FairseqOptimizer):
             self.multiply_grads(1.0 / scale)
         if self._diagnostics_due():
             local = self._local_optimizer
-            for key, value in sage_statistics(self._sage_groups(local), local.state).items():
+            for key, value in sage_statistics(local.sage_param_groups, local.state).items():
                 metrics.log_scalar(key, value, priority=1000)
         super().step(closure, groups=groups)
 
@@ -270,11 +270,6 @@ class _FairseqSAGE(FairseqOptimizer):
         that fairscale's wrapper steps on this rank's shard of the parameters (the statistics are
         then the shard's), else the optimizer itself."""
         return getattr(self.optimizer, "optim", self.optimizer)
-
-    @staticmethod
-    def _sage_groups(local) -> list:
-        """The parameter groups, with ``sage``, ``beta0`` and ``sage_eps``, that the statistics read."""
-        return local.param_groups
 
     def _diagnostics_due(self) -> bool:
         interval = config_value(self.cfg, "log_interval", None)

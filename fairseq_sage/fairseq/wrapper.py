@@ -151,10 +151,6 @@ class FairseqSAGE(_FairseqSAGE):
     def optimizer_config(self) -> dict:
         return self.base.optimizer_config
 
-    @staticmethod
-    def _sage_groups(local: SAGE) -> list:
-        return local.sage_param_groups
-
     def load_state_dict(self, state_dict, optimizer_overrides=None):
         """Load the wrapper's state (the base's, Ī and t; by position, as fairseq loads its own
         optimizers'), then let this run's flags rule: the base's hyper-parameters and

@@ -169,6 +169,13 @@ class _SAGEOptimizer(torch.optim.Optimizer):
     def supports_flat_params(self) -> bool:
         return True
 
+    @property
+    def sage_param_groups(self) -> List[dict]:
+        """The groups, with ``sage``, ``beta0`` and ``sage_eps``, that
+        :func:`fairseq_sage.optim.diagnostics.sage_statistics` reads with :attr:`state` (as
+        :attr:`fairseq_sage.optim.wrapper.SAGE.sage_param_groups` gives them for the wrapper)."""
+        return self.param_groups
+
     def load_state_dict(self, state_dict: dict) -> None:
         """Load ``state_dict``: by parameter name where both it and the groups name their parameters
         (:func:`~fairseq_sage.optim.named_state.align_by_name`), else by position as torch does;
