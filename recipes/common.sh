@@ -18,14 +18,22 @@ PYTHON="${PYTHON:-python}"
 WORKERS="${WORKERS:-$(nproc 2>/dev/null || echo 1)}"
 SUBWORD_METHOD="${SUBWORD_METHOD:-bpe}"
 
+# clear_progress_line FD: where run.sh redraws a progress line (PROGRESS_LINE=1) on the terminal FD,
+# erase it, so that the next line printed starts at the left margin; the line is redrawn below.
+clear_progress_line() {
+    if [[ ${PROGRESS_LINE:-0} == 1 && -t $1 ]]; then printf '\r\033[K' >&"$1"; fi
+}
+
 # fail MESSAGE: print one error line and stop.
 fail() {
+    clear_progress_line 2
     echo "error: $*" >&2
     exit 1
 }
 
 # log MESSAGE: print a progress line tagged with the recipe name.
 log() {
+    clear_progress_line 1
     echo "[$RECIPE] $*"
 }
 
@@ -86,6 +94,7 @@ quiet_python() {
 # not 0, LOG's last lines and its path; return STATUS.
 show_log_problems() {
     local log=$1 status=$2
+    clear_progress_line 2
     grep -E '[A-Za-z]*Warning: |\| (WARNING|ERROR) \||^(WARNING|ERROR):' "$log" >&2 || true
     if [[ $status -ne 0 ]]; then
         echo "last lines of $log:" >&2

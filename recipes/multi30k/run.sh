@@ -37,7 +37,7 @@ PARALLEL=${PARALLEL:-1}
 if [[ $PARALLEL == 1 ]]; then
     # one process per optimizer, the cores shared out between them (one thread each on 2 cores)
     threads=$((WORKERS / ${#optimizers[@]}))
-    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((threads > 0 ? threads : 1))} NO_PROGRESS=1
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((threads > 0 ? threads : 1))} NO_PROGRESS=1 PROGRESS_LINE=1
     jobs=() progress=()
     for optimizer in "${optimizers[@]}"; do
         train_and_evaluate "$optimizer" &

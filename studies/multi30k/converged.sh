@@ -32,6 +32,7 @@
 #   AVERAGE_LAST [5]  epoch checkpoints averaged   MAX_TOKENS [4096]  WARMUP_UPDATES [200]  LOG_INTERVAL [25]
 #   MAX_TRAIN_LINES, MAX_TEST_LINES, SPM_VOCAB_SIZE, PRUNE_*, RESULTS_DOC: as in run_study.sh
 #   JOBS [2]  runs at once; with JOBS > 1 and no OMP_NUM_THREADS, each gets nproc / JOBS threads
+#             (the budget run, which runs alone, gets every core)
 set -euo pipefail
 RECIPE=multi30k-converged
 STUDY_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -168,6 +169,7 @@ if [[ $FOREGROUND == 0 ]]; then
         "$WORKDIR/progress.md; run the same command again to resume it after an interruption"
     exit 0
 fi
+BUDGET_THREADS=${OMP_NUM_THREADS:-$(nproc)}  # the budget run is the only one running: every core
 if [[ $JOBS -gt 1 && -z ${OMP_NUM_THREADS:-} ]]; then
     export OMP_NUM_THREADS=$(($(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1))
 fi
@@ -182,7 +184,7 @@ log "started (pid $$) with $JOBS run(s) at a time"
 quietly "$WORKDIR/data/prepare.out" bash "$RECIPES_DIR/multi30k/prepare.sh" ${DATA:+--data "$DATA"} "$WORKDIR/data"
 
 use_run budget adam "$BUDGET_LR" - "${SEEDS%% *}"
-MAX_UPDATE=$BUDGET_MAX_UPDATE EPOCH_CHECKPOINTS=0 run_step budget.train train_run "lr=$BUDGET_LR updates=$BUDGET_MAX_UPDATE"
+OMP_NUM_THREADS=$BUDGET_THREADS MAX_UPDATE=$BUDGET_MAX_UPDATE EPOCH_CHECKPOINTS=0 run_step budget.train train_run "lr=$BUDGET_LR updates=$BUDGET_MAX_UPDATE"
 MAX_UPDATE=$(study_python budget "$WORKDIR")
 export MAX_UPDATE
 log "budget: $MAX_UPDATE updates per run ($WORKDIR/budget.json)"
