@@ -316,10 +316,11 @@ def test_selection_takes_the_highest_valid_bleu_and_breaks_ties_by_valid_loss(tm
     fabricate_study(tmp_path / "work", GRID_SCORES, {})
     assert plan.main(["final", str(tmp_path / "work")]) == 0
     lines = capsys.readouterr().out.split()
-    assert lines == ["adam-lr2e-3-seed1", "adam", "2e-3", "-", "1", "adam-lr2e-3-seed2", "adam", "2e-3", "-", "2",
-                     "adam-lr2e-3-seed3", "adam", "2e-3", "-", "3",
+    assert lines == ["adam-lr2e-3-seed1", "adam", "2e-3", "-", "1",
                      "adam_sage-lr5e-3-b0.9-seed1", "adam_sage", "5e-3", "0.9", "1",
+                     "adam-lr2e-3-seed2", "adam", "2e-3", "-", "2",
                      "adam_sage-lr5e-3-b0.9-seed2", "adam_sage", "5e-3", "0.9", "2",
+                     "adam-lr2e-3-seed3", "adam", "2e-3", "-", "3",
                      "adam_sage-lr5e-3-b0.9-seed3", "adam_sage", "5e-3", "0.9", "3"]  # fmt: skip
     selection = json.loads((tmp_path / "work" / "selection.json").read_text())
     assert selection["adam_sage"] == {"run": "adam_sage-lr5e-3-b0.9-seed1", "lr": "5e-3", "beta0": "0.9",
