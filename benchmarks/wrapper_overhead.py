@@ -63,7 +63,8 @@ def temporary_bytes_here(name: str, arch: str) -> int:
 def temporary_bytes(name: str, arch: str) -> int:
     """:func:`temporary_bytes_here` in a fresh process."""
     proc = subprocess.run([sys.executable, "-m", "benchmarks.wrapper_overhead", "--memory-of", name, "--arch", arch],
-                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+                          env=step_memory.child_environment())
     if proc.returncode != 0:
         raise RuntimeError(f"memory of {name} on {arch} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])["temporary_bytes"]

@@ -50,6 +50,29 @@ def test_sage_over_torch_adam_equals_adam_sage(decay):
     assert params[2] not in wrapper.state
 
 
+def test_large_and_non_contiguous_tensors_are_modulated_like_the_rest():
+    """The wrapper cuts tensors above multi_tensor.CHUNK_ELEMENTS into flat slices and runs foreach
+    ops over batches of them; a transposed (non-contiguous) weight is taken whole. Each must end
+    where AdamSAGE's reference path (one tensor at a time) puts it."""
+    from fairseq_sage.optim.multi_tensor import CHUNK_ELEMENTS
+
+    generator = torch.Generator().manual_seed(3)
+    large = torch.randn(CHUNK_ELEMENTS * 2 + 1000, generator=generator)
+    transposed = torch.randn(700, 400, generator=generator).t()
+    params = [torch.nn.Parameter(large.view(-1, 8)), torch.nn.Parameter(transposed),
+              torch.nn.Parameter(torch.randn(5, generator=generator))]
+    assert not params[1].is_contiguous() and params[1].numel() > CHUNK_ELEMENTS
+    others = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    grads = [gradient_sequence(p.shape, torch.float32, 3, seed=i) for i, p in enumerate(params)]
+    hyper = dict(lr=3e-2, betas=(0.9, 0.98), eps=0.0, weight_decay=0.1)
+    wrapper = SAGE(torch.optim.AdamW(params, **hyper), beta0=0.7)
+    run_optimizer(wrapper, params, grads)
+    run_optimizer(AdamSAGE(others, beta0=0.7, impl="reference", **hyper), others, grads)
+    for p, q in zip(params, others):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
+        assert wrapper.state[p]["step"] == 3
+
+
 def test_parameters_without_sage_get_the_plain_base_update_bit_for_bit():
     params = make_params()
     plain = twin(params)

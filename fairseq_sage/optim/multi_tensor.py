@@ -82,15 +82,20 @@ class Piece(NamedTuple):
     step: int
 
 
+def flat_slices(tensors: Sequence[Tensor]) -> Iterator[Tuple[Tensor, ...]]:
+    """``tensors`` (of one shape) as they are, or, when they are contiguous and larger than
+    ``CHUNK_ELEMENTS``, as matching flat slices of at most that size (views: writing them writes
+    the tensors)."""
+    if tensors[0].numel() <= CHUNK_ELEMENTS or not all(t.is_contiguous() for t in tensors):
+        yield tuple(tensors)
+        return
+    yield from zip(*(t.view(-1).split(CHUNK_ELEMENTS) for t in tensors))
+
+
 def pieces(params: Sequence[Tensor], states: Sequence[dict], keys: Sequence[str]) -> Iterator[Piece]:
     """The parameters, contiguous ones larger than ``CHUNK_ELEMENTS`` cut into flat slices."""
     for param, state in zip(params, states):
-        tensors = [param, param.grad] + [state[key] for key in keys]
-        if param.numel() <= CHUNK_ELEMENTS or not all(t.is_contiguous() for t in tensors):
-            yield Piece(param, param.grad, {key: state[key] for key in keys}, state["step"])
-            continue
-        slices = [t.view(-1).split(CHUNK_ELEMENTS) for t in tensors]
-        for param_slice, grad_slice, *state_slices in zip(*slices):
+        for param_slice, grad_slice, *state_slices in flat_slices([param, param.grad] + [state[key] for key in keys]):
             yield Piece(param_slice, grad_slice, dict(zip(keys, state_slices)), state["step"])
 
 

@@ -21,24 +21,47 @@ has none): SAGE scales the base optimizer's own update element-wise and leaves t
   ValueError: set its weight decay to 0, or add a rule with :func:`register_decay_rule`).
 
 Memory: the wrapper keeps Ī (float32) per SAGE parameter and, during a step, one copy of the SAGE
-parameters' weights (θ_old, in their own dtype) plus the temporaries of one tensor at a time.
+parameters' weights (θ_old, in their own dtype) plus the temporaries of foreach ops over batches
+of at most ``multi_tensor.CHUNK_ELEMENTS`` elements (large tensors are cut into flat slices).
 Half-precision parameters are combined in float32 and rounded once into their dtype.
 """
 
 import warnings
 from collections import defaultdict
-from typing import Callable, Dict, Iterable, List, NamedTuple, Optional
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
-from .functional import sage_multiplier_
+from .functional import bias_correction, sage_multiplier_foreach_
+from .multi_tensor import batches, flat_slices
 from .optimizers import DEFAULT_SAGE_EPS, LOW_PRECISION, _SAGEOptimizer, all_finite, check_hyperparameters
 
 __all__ = ["SAGE", "DecayRule", "DECAY_RULES", "register_decay_rule", "decoupled", "coupled"]
 
 SAGE_STATE_KEYS = ("sensitivity_ema", "sage_step")
 """The keys the wrapper adds to each SAGE parameter's entry of the base optimizer's state dict."""
+
+
+class _Modulated(NamedTuple):
+    """One SAGE parameter (or a flat slice of one) to modulate after the base step: its weights θ
+    (holding θ_new), θ_old, its gradient, its SAGE state (``step`` t, ``sensitivity_ema`` Ī, whose
+    slice ``ema`` is) and the c of its decay."""
+
+    param: Tensor
+    old: Tensor
+    grad: Tensor
+    state: dict
+    decay: float
+    ema: Optional[Tensor] = None
+
+
+def _slices(items: Iterable[_Modulated]) -> Iterator[_Modulated]:
+    """The items, each contiguous one larger than ``multi_tensor.CHUNK_ELEMENTS`` cut into flat slices, so that
+    a batch's temporaries stay within that size (:func:`.multi_tensor.batches`)."""
+    for item in items:
+        for param, old, grad, ema in flat_slices([item.param, item.old, item.grad, item.state["sensitivity_ema"]]):
+            yield _Modulated(param, old, grad, item.state, item.decay, ema)
 
 
 class DecayRule(NamedTuple):
@@ -228,30 +251,44 @@ class SAGE(torch.optim.Optimizer):
         coefficients = self._decay_coefficients()
         old = {p: p.detach().clone() for p in self.sage_params if p.grad is not None}
         self.optimizer.step()
+        modulated = []
         for index, group in enumerate(self.param_groups):
             for param in group["params"]:
                 if param in old:
                     c = coefficients[index](self.optimizer.state.get(param, {}))
-                    self._modulate(param, old.pop(param), c)
+                    modulated.append(_Modulated(param, old.pop(param), param.grad, self._advance(param), c))
+        for batch in batches(_slices(modulated)):
+            self._modulate(batch)
         return loss
 
-    def _modulate(self, param: Tensor, old: Tensor, decay: float) -> None:
-        """θ ← (1 − c)·θ_old + m ⊙ (θ_new − (1 − c)·θ_old), advancing Ī and t (module doc)."""
-        low_precision = param.dtype in LOW_PRECISION
-        old = old.float() if low_precision else old
-        grad = param.grad.float() if param.grad.dtype in LOW_PRECISION else param.grad
+    def _advance(self, param: Tensor) -> dict:
+        """The SAGE state of ``param`` with t advanced by one (Ī created, as zeros, at its first update)."""
         state = self.state[param]
         if not state:
             state["step"] = 0
-            state["sensitivity_ema"] = torch.zeros_like(old)
+            dtype = torch.float32 if param.dtype in LOW_PRECISION else param.dtype
+            state["sensitivity_ema"] = torch.zeros_like(param, dtype=dtype, memory_format=torch.contiguous_format)
         state["step"] += 1
-        multiplier = sage_multiplier_(state["sensitivity_ema"], old, grad, self.beta0, state["step"], self.sage_eps)
-        if decay:
-            old.mul_(1 - decay)
-        new = param.float() if low_precision else param
-        new.sub_(old).mul_(multiplier).add_(old)
-        if low_precision:
-            param.copy_(new)
+        return state
+
+    def _modulate(self, batch: List["_Modulated"]) -> None:
+        """θ ← (1 − c)·θ_old + m ⊙ (θ_new − (1 − c)·θ_old) for every (piece of a) parameter of
+        ``batch``, advancing Ī (module doc), with foreach ops over the whole batch."""
+        def wide(tensors):
+            return [t.float() if t.dtype in LOW_PRECISION else t for t in tensors]
+
+        olds, grads, news = wide([m.old for m in batch]), wide([m.grad for m in batch]), wide([m.param for m in batch])
+        corrections = [bias_correction(self.beta0, m.state["step"]) for m in batch]
+        emas = [m.ema for m in batch]
+        multipliers = sage_multiplier_foreach_(emas, olds, grads, self.beta0, corrections, self.sage_eps)
+        if any(m.decay for m in batch):
+            torch._foreach_mul_(olds, [1 - m.decay for m in batch])
+        torch._foreach_sub_(news, olds)
+        torch._foreach_mul_(news, multipliers)
+        torch._foreach_add_(news, olds)
+        for piece, new in zip(batch, news):
+            if new is not piece.param:
+                piece.param.copy_(new)
 
     def state_dict(self) -> dict:
         """The base optimizer's state dict with Ī, t (``sensitivity_ema``, ``sage_step``) and
