@@ -543,11 +543,33 @@ def test_budget_rule_takes_the_first_point_whose_last_fifth_gains_less_than_the_
     # 910: 33.4 − 32 (728 → 650); 1040: 33.5 − 33 (832 → 780) = 0.5; 1170: 33.6 − 33.4 (936 → 910) = 0.2
     assert budget.tail_gain(curve, 7, 0.2) == pytest.approx(0.5)
     assert budget.tail_gain(curve, 8, 0.2) == pytest.approx(0.2)
-    assert budget.choose_budget(curve, 0.2, 0.3, 5) == 1170
-    assert budget.choose_budget(curve, 0.2, 0.6, 5) == 1040
-    assert budget.choose_budget(curve, 0.2, 0.3, 10) == 1300  # at least 10 validations up to it
-    assert budget.choose_budget(curve[:8], 0.2, 0.3, 5) is None
+    # window=1: the raw curve; nothing after 1170 beats 33.6, so the later gains stay below 0.3 there
+    assert budget.choose_budget(curve, 0.2, 0.3, 5, window=1) == 1170
+    assert budget.choose_budget(curve, 0.2, 0.6, 5, window=1) == 1040  # later gain 33.6 − 33.5 = 0.1
+    assert budget.choose_budget(curve, 0.2, 0.3, 10, window=1) == 1300  # at least 10 validations up to it
+    assert budget.choose_budget(curve[:8], 0.2, 0.3, 5, window=1) is None
     assert budget.tail_gain(curve, 0, 0.2) is None  # nothing at or before 104 updates
+
+
+def test_budget_rule_ignores_an_early_dip_and_reads_the_smoothed_curve():
+    # the start of a real budget run: the dip at 650 updates gives a last fifth with no gain (28.7 up
+    # to 520 and up to 650), but the run gained 8 BLEU later, so 650 is no budget
+    dip = [(130, 4.2), (260, 18.0), (390, 20.1), (520, 28.7), (650, 25.4), (780, 32.5), (910, 33.5),
+           (1040, 34.1), (1170, 35.9), (1300, 36.7)]
+    assert budget.tail_gain(dip, 4, 0.2) == pytest.approx(0.0)
+    assert budget.later_gain(dip, 4) == pytest.approx(8.0)
+    assert budget.choose_budget(dip, 0.2, 0.3, 5, window=1) is None
+    # trailing means: (3), (3 + 6)/2, (3 + 6 + 9)/3, (6 + 9 + 0)/3
+    assert budget.smoothed([(1, 3.0), (2, 6.0), (3, 9.0), (4, 0.0)]) == [(1, 3.0), (2, 4.5), (3, 6.0), (4, 5.0)]
+    # a plateau whose noise alternates ±0.5 BLEU; by hand, the means of 3 validations are 33.67 at
+    # 700 updates, 33.83 at 800, then 34.17 and 33.83 in turn; the first N whose best mean exceeds
+    # the best up to 0.8·N by < 0.3 is 1200 (34.17 against 34.17 at 900; at 1100: 34.17 − 33.83 up
+    # to 880), where the raw curve stops at 900 (34.5 up to 900 and up to 720)
+    noisy = [(100 * k, b) for k, b in enumerate([10, 20, 28, 31, 33, 33.5, 34.5, 33.5, 34.5, 33.5, 34.5, 33.5,
+                                                 34.5, 33.5, 34.5], start=1)]
+    assert [round(b, 2) for _, b in budget.smoothed(noisy)[6:10]] == [33.67, 33.83, 34.17, 33.83]
+    assert budget.choose_budget(noisy, 0.2, 0.3, 5) == 1200
+    assert budget.choose_budget(noisy, 0.2, 0.3, 5, window=1) == 900
 
 
 def test_widening_adds_an_lr_beyond_a_best_at_the_edge(tmp_path, capsys):

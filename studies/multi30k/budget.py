@@ -2,10 +2,19 @@
 curve of one long run (``python -m studies.multi30k.budget WORKDIR`` prints the budget).
 
 The budget run (WORKDIR/runs/budget: Adam at BUDGET_LR, BUDGET_MAX_UPDATE updates) validates at each
-epoch's end with fairseq's --eval-bleu. The budget is the first validation N, with at least
-AVERAGE_LAST validations up to it, where the best BLEU up to N exceeds the best BLEU up to
-(1 − BUDGET_TAIL) · N by less than BUDGET_MIN_GAIN: the last BUDGET_TAIL of training gains less than
-that. Writes WORKDIR/budget.json (the curve, each point's gain, the rule and the budget) and
+epoch's end with fairseq's --eval-bleu. Greedy validation BLEU moves by up to a few points from one
+epoch to the next, so the rule reads the curve smoothed over SMOOTH validations (the mean of each
+one and the SMOOTH − 1 before it). The budget is the first validation N, with at least AVERAGE_LAST
+validations up to it, where
+
+- the best smoothed BLEU up to N exceeds the best up to (1 − BUDGET_TAIL) · N by less than
+  BUDGET_MIN_GAIN (the last BUDGET_TAIL of training gains less than that), and
+- the best smoothed BLEU of the whole budget run exceeds the best up to N by less than
+  BUDGET_MIN_GAIN (the curve has stopped improving: no later gain of that size).
+
+(Without the smoothing and the second condition, a dip at the 5th of 20 epochs made the first
+version of this rule stop at 650 updates, 10 BLEU below where the run ended.) Writes
+WORKDIR/budget.json (the curve, each point's gains, the rule and the budget) and
 WORKDIR/figures/budget.png.
 """
 
@@ -22,6 +31,15 @@ from .train_log import read_train_log
 
 Point = Tuple[float, float]  # (updates, validation BLEU)
 
+SMOOTH = 3
+"""Validations in the trailing mean the rule reads."""
+
+
+def smoothed(points: Sequence[Point], window: int = SMOOTH) -> List[Point]:
+    """Each point's BLEU replaced by the mean of its own and the ``window`` − 1 before it (fewer at the start)."""
+    return [(step, sum(b for _, b in points[max(0, i - window + 1): i + 1]) / (i + 1 - max(0, i - window + 1)))
+            for i, (step, _) in enumerate(points)]
+
 
 def tail_gain(points: Sequence[Point], index: int, tail: float) -> Optional[float]:
     """Best BLEU of points[: index + 1] minus the best of those at or before (1 − tail) · updates;
@@ -33,12 +51,20 @@ def tail_gain(points: Sequence[Point], index: int, tail: float) -> Optional[floa
     return max(bleu for _, bleu in points[: index + 1]) - max(before)
 
 
-def choose_budget(points: Sequence[Point], tail: float, min_gain: float, min_points: int) -> Optional[int]:
-    """The first point's updates (from the ``min_points``-th on) whose :func:`tail_gain` < ``min_gain``."""
-    for index in range(min_points - 1, len(points)):
-        gain = tail_gain(points, index, tail)
-        if gain is not None and gain < min_gain:
-            return int(points[index][0])
+def later_gain(points: Sequence[Point], index: int) -> float:
+    """Best BLEU of all ``points`` minus the best of points[: index + 1]: what came after."""
+    return max(bleu for _, bleu in points) - max(bleu for _, bleu in points[: index + 1])
+
+
+def choose_budget(points: Sequence[Point], tail: float, min_gain: float, min_points: int,
+                  window: int = SMOOTH) -> Optional[int]:
+    """The first point's updates (from the ``min_points``-th on) where, on the curve :func:`smoothed`
+    over ``window`` validations, both :func:`tail_gain` and :func:`later_gain` are < ``min_gain``."""
+    curve = smoothed(points, window)
+    for index in range(min_points - 1, len(curve)):
+        gain = tail_gain(curve, index, tail)
+        if gain is not None and gain < min_gain and later_gain(curve, index) < min_gain:
+            return int(curve[index][0])
     return None
 
 
@@ -55,6 +81,7 @@ def plot_budget(path: Path, points: Sequence[Point], budget: int, settings: Stud
     figure = Figure(figsize=(6.5, 4.2), layout="constrained")
     axes = figure.subplots()
     axes.plot(*zip(*points), marker="o", color="tab:blue", label=f"Adam lr={settings.values['BUDGET_LR']}")
+    axes.plot(*zip(*smoothed(points)), color="tab:orange", label=f"mean of {SMOOTH} validations (the rule's curve)")
     axes.axvline(budget, color="gray", linestyle="--", label=f"budget: {budget} updates")
     axes.set_xlabel("updates")
     axes.set_ylabel("validation BLEU (fairseq --eval-bleu, greedy)")
@@ -72,14 +99,17 @@ def decide(workdir: Path) -> int:
     budget = choose_budget(points, tail, min_gain, settings.integer("AVERAGE_LAST"))
     if budget is None:
         raise StudyError(
-            f"the budget run's validation BLEU still gained >= {min_gain} over the last {tail:.0%} at each of "
-            f"its {len(points)} validations; raise BUDGET_MAX_UPDATE (now {values['BUDGET_MAX_UPDATE']}) "
-            "or use another WORKDIR")
+            f"the budget run's smoothed validation BLEU still gained >= {min_gain} over the last {tail:.0%} or "
+            f"later at each of its {len(points)} validations; raise BUDGET_MAX_UPDATE (now "
+            f"{values['BUDGET_MAX_UPDATE']}) or use another WORKDIR")
+    curve = smoothed(points)
     record = {
         "rule": f"first validation N (at least AVERAGE_LAST={values['AVERAGE_LAST']} validations up to it) "
-                f"where best BLEU up to N − best BLEU up to {1 - tail:g}·N < {min_gain}",
+                f"where, on the BLEU curve averaged over each {SMOOTH} consecutive validations, best up to N − "
+                f"best up to {1 - tail:g}·N < {min_gain} and best of the whole run − best up to N < {min_gain}",
         "run": {"optimizer": "adam", "lr": values["BUDGET_LR"], "max_update": int(values["BUDGET_MAX_UPDATE"])},
-        "points": [{"updates": int(step), "bleu": bleu, "tail_gain": tail_gain(points, i, tail)}
+        "points": [{"updates": int(step), "bleu": bleu, "smoothed_bleu": curve[i][1],
+                    "tail_gain": tail_gain(curve, i, tail), "later_gain": later_gain(curve, i)}
                    for i, (step, bleu) in enumerate(points)],
         "budget": budget,
     }  # fmt: skip

@@ -3,8 +3,9 @@
 # background and resumable:
 #   1. prepare the data once (recipes/multi30k/prepare.sh);
 #   2. budget phase: Adam at BUDGET_LR for BUDGET_MAX_UPDATE updates, validated at each epoch's end
-#      (fairseq --eval-bleu, greedy); studies/multi30k/budget.py picks the budget: MAX_UPDATE of
-#      every later run (WORKDIR/budget.json);
+#      (fairseq --eval-bleu, greedy); studies/multi30k/budget.py picks the budget, on the mean of 3
+#      consecutive validations, where neither the last BUDGET_TAIL nor the rest of the run gains
+#      BUDGET_MIN_GAIN: MAX_UPDATE of every later run (WORKDIR/budget.json);
 #   3. the grid (ADAM_LRS; SAGE_LRS x SAGE_BETA0S; first seed of SEEDS): every run keeps a checkpoint
 #      at each epoch's end (the last AVERAGE_LAST), averages them (fairseq_sage.tools.average_checkpoints)
 #      into checkpoint_avg.pt, and scores it on val (beam 5, sacreBLEU); while an optimizer's best lr
