@@ -33,6 +33,7 @@ setup(
         "test": [
             "pytest>=7", "matplotlib>=3.5", "scipy>=1.7", "sacremoses>=0.1", "subword-nmt>=0.3.8", "sentencepiece>=0.1.99",
             "fairscale>=0.4.13",  # --zero-sharding os
+            "pytest-xdist>=3",  # make test runs the files on every core (-n auto --dist loadfile)
         ],
         # SAGE in Hugging Face's Seq2SeqTrainer and in PyTorch Lightning (README, tests/test_hf_lightning.py)
         "hf": ["transformers>=4.46", "accelerate>=1.0", "lightning>=2.2"],
