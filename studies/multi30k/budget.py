@@ -37,8 +37,11 @@ SMOOTH = 3
 
 def smoothed(points: Sequence[Point], window: int = SMOOTH) -> List[Point]:
     """Each point's BLEU replaced by the mean of its own and the ``window`` − 1 before it (fewer at the start)."""
-    return [(step, sum(b for _, b in points[max(0, i - window + 1): i + 1]) / (i + 1 - max(0, i - window + 1)))
-            for i, (step, _) in enumerate(points)]
+    curve = []
+    for i, (step, _) in enumerate(points):
+        recent = [bleu for _, bleu in points[max(0, i - window + 1): i + 1]]
+        curve.append((step, sum(recent) / len(recent)))
+    return curve
 
 
 def tail_gain(points: Sequence[Point], index: int, tail: float) -> Optional[float]:
