@@ -257,6 +257,10 @@ class Study:
         rows = []
         for run in self.grid:
             r = self.results[run]
+            if not r.finished:  # a run in progress or interrupted: its numbers so far are not results
+                progress = "pending" if r.updates is None else f"{r.updates} so far"
+                rows.append([LABELS[run.optimizer], run.lr, run.beta0 or "–", *["pending"] * 3, progress, "pending"])
+                continue
             rows.append([LABELS[run.optimizer], run.lr, run.beta0 or "–", cell(r.valid_bleu),
                          cell(r.best_valid_loss, ".3f"), cell(r.final_train_loss, ".3f"),
                          "pending" if r.updates is None else str(r.updates), cell(r.wall_seconds, ".0f")])

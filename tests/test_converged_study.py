@@ -1,0 +1,222 @@
+"""studies/multi30k --converged: the whole converged study on a micro configuration of real Multi30k
+lines (started in the background, killed during a grid run, resumed), and its budget rule, statistics
+and grid widening on constructed inputs."""
+
+import json
+import math
+import os
+import re
+import signal
+import statistics
+import subprocess
+import time
+
+import pytest
+
+from study_helpers import TINY_FLAGS, bleu, check_ok, fabricate_study, needs_real_data, real_subset, run_study  # noqa: F401
+from studies.multi30k import budget, plan, stats
+from studies.multi30k.train_log import parse_train_log
+
+CONVERGED_MICRO = {
+    "ADAM_LRS": "1e-3", "SAGE_LRS": "3e-3", "SAGE_BETA0S": "0.8", "SEEDS": "1 2", "MAX_WIDEN": "0",
+    "BUDGET_LR": "1e-3", "BUDGET_MAX_UPDATE": "30", "BUDGET_MIN_GAIN": "100", "AVERAGE_LAST": "2",
+    "MAX_TOKENS": "1024", "WARMUP_UPDATES": "2", "LOG_INTERVAL": "1", "SPM_VOCAB_SIZE": "1000",
+    "PRUNE_LEVELS": "0,20", "PRUNE_BATCHES": "1", "JOBS": "1",
+}  # fmt: skip
+CONVERGED_RUNS = {"adam": ["adam-lr1e-3-seed1", "adam-lr1e-3-seed2"],
+                  "adam_sage": ["adam_sage-lr3e-3-b0.8-seed1", "adam_sage-lr3e-3-b0.8-seed2"]}  # fmt: skip
+T_975 = {1: 12.706204736174705, 4: 2.7764451051977987}  # Student's t quantile 0.975 by degrees of freedom
+
+
+def wait_for(condition, timeout, what):
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def converged_study(real_subset, tmp_path_factory):
+    """A micro converged study started in the background, killed during its second grid run, then
+    resumed in the foreground: (WORKDIR, doc, the launcher's output, the resumed output, the files
+    of the first grid run before the kill with their mtimes)."""
+    root = tmp_path_factory.mktemp("converged")
+    (root / "docs").mkdir()
+    doc = root / "docs" / "results.md"
+    doc.write_text("# Multi30k De→En: Adam vs Adam-SAGE\n\nthe short-budget report\n")
+    env = {**CONVERGED_MICRO, "RESULTS_DOC": str(doc), "MULTI30K_SHA256SUMS": str(real_subset / "SHA256SUMS")}
+    workdir = root / "work"
+    args = ["--converged", "--data", real_subset, workdir, "--", *TINY_FLAGS]
+    launcher = check_ok(run_study(*args, env=env))
+    first, second = CONVERGED_RUNS["adam"][0], CONVERGED_RUNS["adam_sage"][0]
+    pid = int(re.search(r"process group (\d+)", launcher.stdout).group(1))
+
+    def running():
+        return subprocess.run(["pgrep", "-g", str(pid)], capture_output=True).returncode == 0
+
+    def second_started():
+        return (workdir / "runs" / first / ".steps" / f"{first}.train.done").is_file() and (
+            workdir / "runs" / second / "checkpoints" / "adam_sage" / "train.log").is_file()
+
+    wait_for(lambda: second_started() or not running(), 600, "the second grid run to start")
+    assert second_started(), (workdir / "study.log").read_text()
+    os.killpg(pid, signal.SIGKILL)
+    wait_for(lambda: not running(), 30, "the killed study to end")
+    kept = {p: p.stat().st_mtime_ns for p in (workdir / "runs" / first / "checkpoints").rglob("*.pt")}
+    resumed = check_ok(run_study("--converged", "--foreground", *args[1:], env={**env, "JOBS": "2"}))
+    return workdir, doc, launcher, resumed, kept
+
+
+@needs_real_data
+def test_converged_study_runs_in_the_background_and_resumes_without_redoing_finished_runs(converged_study):
+    workdir, _, launcher, resumed, kept = converged_study
+    assert re.search(r"estimate: 1 budget run of 30 updates \+ 2 grid runs \+ 2 more seeds = 5 training runs",
+                     launcher.stdout), launcher.stdout
+    assert "running in the background" in launcher.stdout and "progress.md" in launcher.stdout
+    first = CONVERGED_RUNS["adam"][0]
+    for step in ("budget.train", f"{first}.train"):
+        assert f"[multi30k-converged] skip {step}: already done" in resumed.stdout
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # the finished run's checkpoints untouched
+    assert "training runs done: 5 of 5; remaining: 0" in (workdir / "progress.md").read_text()
+
+
+@needs_real_data
+def test_converged_study_budget_averaging_scores_and_statistics(converged_study):
+    import sacrebleu
+    import torch
+
+    workdir, doc, _, _, _ = converged_study
+    log = parse_train_log((workdir / "runs" / "budget" / "checkpoints" / "adam" / "train.log").read_text())
+    points = [(r["num_updates"], r["bleu"]) for r in log.valid]
+    assert [u for u, _ in points] == sorted({u for u, _ in points}) and len(points) >= 2
+    # BUDGET_MIN_GAIN=100: the first validation with AVERAGE_LAST=2 validations up to it and one at or
+    # before 0.8 of it
+    expected = next(u for i, (u, _) in enumerate(points) if i >= 1 and any(v <= 0.8 * u for v, _ in points))
+    budget = json.loads((workdir / "budget.json").read_text())
+    assert budget["budget"] == expected
+    assert "MAX_UPDATE=budget" in (workdir / "study.env").read_text()
+
+    scores = {}
+    for optimizer, runs in CONVERGED_RUNS.items():
+        for run in runs:
+            folder = workdir / "runs" / run / "checkpoints" / optimizer
+            run_log = parse_train_log((folder / "train.log").read_text())
+            assert max(r["num_updates"] for r in run_log.valid) == expected
+            assert all("bleu" in r for r in run_log.valid)
+            epochs = sorted(folder.glob("checkpoint[0-9]*.pt"), key=lambda p: int(p.stem[10:]))
+            assert len(epochs) == 2  # --keep-last-epochs AVERAGE_LAST
+            states = [torch.load(p, map_location="cpu", weights_only=False)["model"] for p in epochs]
+            averaged = torch.load(folder / "checkpoint_avg.pt", map_location="cpu", weights_only=False)["model"]
+            key = "encoder.layers.0.fc1.weight"
+            assert torch.allclose(averaged[key], (states[0][key] + states[1][key]) / 2, atol=1e-6)
+            for model in ("checkpoint_avg", "checkpoint_best"):
+                out = workdir / "runs" / run / "eval" / optimizer / ("checkpoint_avg" if model == "checkpoint_avg" else "")
+                for test in ("test2016", "test2017"):
+                    hyps = (out / f"{test}.hyp").read_text().splitlines()
+                    refs = (workdir / "data" / "text" / f"{test}.en").read_text().splitlines()
+                    chrf = json.loads((out / f"{test}.chrf.json").read_text())["score"]
+                    assert chrf == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score, abs=0.01)
+                    for metric, value in (("bleu", bleu(out / f"{test}.sacrebleu.json")), ("chrf", chrf)):
+                        scores.setdefault((model, test, metric, optimizer), []).append(value)
+    summary = json.loads((workdir / "results" / "summary.json").read_text())
+    for (model, test, metric, optimizer), values in scores.items():
+        entry = summary["statistics"][f"{model}/{test}/{metric}"]
+        assert entry[optimizer]["mean"] == pytest.approx(statistics.mean(values))
+        assert entry[optimizer]["half_width"] == pytest.approx(T_975[1] * statistics.stdev(values) / math.sqrt(2))
+        other = scores[(model, test, metric, "adam_sage")]
+        base = scores[(model, test, metric, "adam")]
+        assert entry["difference"]["mean"] == pytest.approx(statistics.mean(other) - statistics.mean(base))
+    for test in ("test2016", "test2017"):
+        paired = json.loads((workdir / "paired" / f"{test}.json").read_text())
+        assert 0 <= paired[1]["BLEU"]["p_value"] <= 1 and paired[0]["system"].startswith("Baseline")
+        assert summary["paired_bootstrap_p"][test] == paired[1]["BLEU"]["p_value"]
+    assert summary["cost"]["adam"]["mult_mean"] == 1.0 and 0 < summary["cost"]["adam_sage"]["mult_mean"]
+
+    text = doc.read_text()
+    assert text.startswith("# Multi30k De→En: Adam vs Adam-SAGE\n\n<!-- converged study")
+    assert text.rstrip().endswith("the short-budget report")  # the short-budget report is kept
+    assert "**Complete:**" in text
+    for test in ("test2016", "test2017"):
+        assert re.search(rf"^- {test}: Adam-SAGE [+-]\d+\.\d\d ± \d+\.\d\d BLEU .*, (not )?significant; "
+                         r"paired bootstrap of the best seed pair: p = 0\.\d{4}\.$", text, re.M), text
+    for name in ("budget.png", "validation_curves.png", "sage_multiplier.png", "beta0_lr_heatmap.png", "pruning.png"):
+        assert (workdir / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"](figures/multi30k/converged/{name})" in text
+    for optimizer in ("adam", "adam_sage"):
+        assert (workdir / "analysis" / optimizer / "pruning_bleu.csv").is_file()
+
+
+def test_t_interval_and_paired_difference_follow_the_formulas():
+    adam = {1: 30.0, 2: 31.2, 3: 29.5, 4: 30.8, 5: 30.1}
+    sage = {1: 30.6, 2: 31.0, 3: 30.9, 4: 31.5, 5: 30.4}
+    result = stats.t_interval(list(adam.values()))
+    assert result["mean"] == pytest.approx(sum(adam.values()) / 5)
+    assert result["half_width"] == pytest.approx(T_975[4] * statistics.stdev(adam.values()) / math.sqrt(5))
+    differences = [sage[s] - adam[s] for s in adam]
+    paired = stats.paired_difference(adam, sage)
+    assert paired["per_seed"] == pytest.approx(dict(zip(adam, differences)))
+    assert paired["mean"] == pytest.approx(statistics.mean(differences))
+    assert paired["half_width"] == pytest.approx(T_975[4] * statistics.stdev(differences) / math.sqrt(5))
+    half = T_975[4] * statistics.stdev(differences) / math.sqrt(5)
+    assert stats.verdict("test2016", paired) == (
+        f"test2016: Adam-SAGE {statistics.mean(differences):+.2f} ± {half:.2f} BLEU (95 % CI of the paired "
+        f"difference over 5 seeds), {'significant' if abs(statistics.mean(differences)) > half else 'not significant'}")
+    noisy = stats.paired_difference(adam, {1: 32.0, 2: 29.0, 3: 31.0, 4: 29.5, 5: 31.5})
+    assert stats.verdict("test2017", noisy).endswith(", not significant")
+    assert stats.t_interval([31.0])["half_width"] is None
+
+
+def test_budget_rule_takes_the_first_point_whose_last_fifth_gains_less_than_the_threshold():
+    curve = [(130, 10.0), (260, 20.0), (390, 26.0), (520, 30.0), (650, 32.0), (780, 33.0), (910, 33.4),
+             (1040, 33.5), (1170, 33.6), (1300, 33.5)]
+    # best up to N minus best up to 0.8 N, from the curve by hand: 650: 32 − 30 = 2; 780: 33 − 30 (624 → 520);
+    # 910: 33.4 − 32 (728 → 650); 1040: 33.5 − 33 (832 → 780) = 0.5; 1170: 33.6 − 33.4 (936 → 910) = 0.2
+    assert budget.tail_gain(curve, 7, 0.2) == pytest.approx(0.5)
+    assert budget.tail_gain(curve, 8, 0.2) == pytest.approx(0.2)
+    # window=1: the raw curve; nothing after 1170 beats 33.6, so the later gains stay below 0.3 there
+    assert budget.choose_budget(curve, 0.2, 0.3, 5, window=1) == 1170
+    assert budget.choose_budget(curve, 0.2, 0.6, 5, window=1) == 1040  # later gain 33.6 − 33.5 = 0.1
+    assert budget.choose_budget(curve, 0.2, 0.3, 10, window=1) == 1300  # at least 10 validations up to it
+    assert budget.choose_budget(curve[:8], 0.2, 0.3, 5, window=1) is None
+    assert budget.tail_gain(curve, 0, 0.2) is None  # nothing at or before 104 updates
+
+
+def test_budget_rule_ignores_an_early_dip_and_reads_the_smoothed_curve():
+    # the start of a real budget run: the dip at 650 updates gives a last fifth with no gain (28.7 up
+    # to 520 and up to 650), but the run gained 8 BLEU later, so 650 is no budget
+    dip = [(130, 4.2), (260, 18.0), (390, 20.1), (520, 28.7), (650, 25.4), (780, 32.5), (910, 33.5),
+           (1040, 34.1), (1170, 35.9), (1300, 36.7)]
+    assert budget.tail_gain(dip, 4, 0.2) == pytest.approx(0.0)
+    assert budget.later_gain(dip, 4) == pytest.approx(8.0)
+    assert budget.choose_budget(dip, 0.2, 0.3, 5, window=1) is None
+    # trailing means: (3), (3 + 6)/2, (3 + 6 + 9)/3, (6 + 9 + 0)/3
+    assert budget.smoothed([(1, 3.0), (2, 6.0), (3, 9.0), (4, 0.0)]) == [(1, 3.0), (2, 4.5), (3, 6.0), (4, 5.0)]
+    # a plateau whose noise alternates ±0.5 BLEU; by hand, the means of 3 validations are 33.67 at
+    # 700 updates, 33.83 at 800, then 34.17 and 33.83 in turn; the first N whose best mean exceeds
+    # the best up to 0.8·N by < 0.3 is 1200 (34.17 against 34.17 at 900; at 1100: 34.17 − 33.83 up
+    # to 880), where the raw curve stops at 900 (34.5 up to 900 and up to 720)
+    noisy = [(100 * k, b) for k, b in enumerate([10, 20, 28, 31, 33, 33.5, 34.5, 33.5, 34.5, 33.5, 34.5, 33.5,
+                                                 34.5, 33.5, 34.5], start=1)]
+    assert [round(b, 2) for _, b in budget.smoothed(noisy)[6:10]] == [33.67, 33.83, 34.17, 33.83]
+    assert budget.choose_budget(noisy, 0.2, 0.3, 5) == 1200
+    assert budget.choose_budget(noisy, 0.2, 0.3, 5, window=1) == 900
+
+
+def test_widening_adds_an_lr_beyond_a_best_at_the_edge(tmp_path, capsys):
+    scores = {"adam-lr1e-3-seed1": (30.0, 4.0), "adam-lr2e-3-seed1": (31.0, 4.2),  # best at the top edge
+              "adam_sage-lr2e-3-b0.6-seed1": (29.0, 4.0), "adam_sage-lr5e-3-b0.6-seed1": (28.5, 4.1),
+              "adam_sage-lr2e-3-b0.9-seed1": (31.5, 4.0), "adam_sage-lr5e-3-b0.9-seed1": (30.5, 4.0)}  # fmt: skip
+    fabricate_study(tmp_path / "work", scores, {})
+    with (tmp_path / "work" / "study.env").open("a") as env:
+        env.write("MAX_WIDEN=1\n")
+    assert plan.main(["widen", str(tmp_path / "work")]) == 0
+    assert capsys.readouterr().out.split("\n")[:-1] == [
+        "adam-lr3e-3-seed1 adam 3e-3 - 1",  # 2e-3 + (2e-3 − 1e-3)
+        # Adam-SAGE's best 2e-3 is its lowest lr: 2e-3 − (5e-3 − 2e-3) < 0, so half of 2e-3, for each β0
+        "adam_sage-lr1e-3-b0.6-seed1 adam_sage 1e-3 0.6 1", "adam_sage-lr1e-3-b0.9-seed1 adam_sage 1e-3 0.9 1",
+    ]
+    assert json.loads((tmp_path / "work" / "widened.json").read_text()) == {"ADAM_LRS": ["3e-3"], "SAGE_LRS": ["1e-3"]}
+    assert plan.main(["grid", str(tmp_path / "work")]) == 0  # the grid now holds them
+    assert "adam-lr3e-3-seed1 adam 3e-3 - 1" in capsys.readouterr().out
+    assert plan.main(["widen", str(tmp_path / "work")]) == 1  # their scores are pending
+    assert "no validation BLEU yet for adam-lr3e-3-seed1" in capsys.readouterr().err
