@@ -45,23 +45,23 @@ SAGE_STATE_KEYS = ("sensitivity_ema", "sage_step")
 
 class _Modulated(NamedTuple):
     """One SAGE parameter (or a flat slice of one) to modulate after the base step: its weights θ
-    (holding θ_new), θ_old, its gradient, its SAGE state (``step`` t, ``sensitivity_ema`` Ī, whose
-    slice ``ema`` is) and the c of its decay."""
+    (holding θ_new), θ_old, its gradient, its Ī (``sensitivity_ema``, updated in place), its step t
+    and the c of its decay."""
 
     param: Tensor
     old: Tensor
     grad: Tensor
-    state: dict
+    ema: Tensor
+    step: int
     decay: float
-    ema: Optional[Tensor] = None
 
 
 def _slices(items: Iterable[_Modulated]) -> Iterator[_Modulated]:
     """The items, each contiguous one larger than ``multi_tensor.CHUNK_ELEMENTS`` cut into flat slices, so that
     a batch's temporaries stay within that size (:func:`.multi_tensor.batches`)."""
     for item in items:
-        for param, old, grad, ema in flat_slices([item.param, item.old, item.grad, item.state["sensitivity_ema"]]):
-            yield _Modulated(param, old, grad, item.state, item.decay, ema)
+        for param, old, grad, ema in flat_slices([item.param, item.old, item.grad, item.ema]):
+            yield item._replace(param=param, old=old, grad=grad, ema=ema)
 
 
 class DecayRule(NamedTuple):
@@ -256,7 +256,9 @@ class SAGE(torch.optim.Optimizer):
             for param in group["params"]:
                 if param in old:
                     c = coefficients[index](self.optimizer.state.get(param, {}))
-                    modulated.append(_Modulated(param, old.pop(param), param.grad, self._advance(param), c))
+                    state = self._advance(param)
+                    modulated.append(_Modulated(param, old.pop(param), param.grad, state["sensitivity_ema"],
+                                                state["step"], c))
         for batch in batches(_slices(modulated)):
             self._modulate(batch)
         return loss
@@ -278,7 +280,7 @@ class SAGE(torch.optim.Optimizer):
             return [t.float() if t.dtype in LOW_PRECISION else t for t in tensors]
 
         olds, grads, news = wide([m.old for m in batch]), wide([m.grad for m in batch]), wide([m.param for m in batch])
-        corrections = [bias_correction(self.beta0, m.state["step"]) for m in batch]
+        corrections = [bias_correction(self.beta0, m.step) for m in batch]
         emas = [m.ema for m in batch]
         multipliers = sage_multiplier_foreach_(emas, olds, grads, self.beta0, corrections, self.sage_eps)
         if any(m.decay for m in batch):
