@@ -14,7 +14,7 @@ import time
 import pytest
 
 from study_helpers import TINY_FLAGS, bleu, check_ok, fabricate_study, needs_real_data, real_subset, run_study  # noqa: F401
-from studies.multi30k import budget, plan, stats
+from studies.multi30k import budget, converged_report, plan, stats
 from studies.multi30k.train_log import parse_train_log
 
 CONVERGED_MICRO = {
@@ -220,3 +220,32 @@ def test_widening_adds_an_lr_beyond_a_best_at_the_edge(tmp_path, capsys):
     assert "adam-lr3e-3-seed1 adam 3e-3 - 1" in capsys.readouterr().out
     assert plan.main(["widen", str(tmp_path / "work")]) == 1  # their scores are pending
     assert "no validation BLEU yet for adam-lr3e-3-seed1" in capsys.readouterr().err
+
+
+def test_converged_report_of_a_running_study_shows_the_scored_grid_runs_and_no_verdict(tmp_path):
+    workdir = tmp_path / "work"
+    settings = {**CONVERGED_MICRO, "ADAM_LRS": "1e-3 2e-3", "BUDGET_TAIL": "0.2", "MAX_UPDATE": "budget",
+                "SELECTION_MODEL": "checkpoint_avg", "MAX_TRAIN_LINES": "all", "MAX_TEST_LINES": "all",
+                "TRAIN_FLAGS": "", "PRUNE_SUBSET": "test", "DATA": "", "OVERRIDDEN": ""}  # fmt: skip
+    workdir.mkdir()
+    (workdir / "study.env").write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+    done = workdir / "runs" / "adam-lr1e-3-seed1"
+    (done / "checkpoints" / "adam").mkdir(parents=True)
+    (done / "checkpoints" / "adam" / "train.log").write_text(
+        "2026 | INFO | valid | epoch 001 | valid on 'valid' subset | loss 5.5 | bleu 20.1 | num_updates 15\n"
+        "2026 | INFO | valid | epoch 002 | valid on 'valid' subset | loss 5.25 | bleu 24.3 | num_updates 30\n")
+    (done / "checkpoints" / "adam" / "train.done").write_text("fairseq-train ...\n")
+    (done / "eval" / "adam" / "checkpoint_avg").mkdir(parents=True)
+    (done / "eval" / "adam" / "checkpoint_avg" / "valid.sacrebleu.json").write_text('{"score": 25.75}')
+    running = workdir / "runs" / "adam-lr2e-3-seed1" / "checkpoints" / "adam"
+    running.mkdir(parents=True)
+    (running / "train.log").write_text(
+        "2026 | INFO | valid | epoch 001 | valid on 'valid' subset | loss 6.5 | bleu 11.0 | num_updates 15\n")
+    doc = tmp_path / "results.md"
+    assert converged_report.main([str(workdir), "--doc", str(doc)]) == 0
+    text = doc.read_text()
+    assert "**Partial results.** The converged study is running: 1 of 3 grid runs are finished and scored" in text
+    assert "| Adam | 1e-3 | – | 25.75 | 5.250 |" in text
+    assert "| Adam | 2e-3 | – | pending | pending | pending | 15 so far | pending |" in text
+    assert "**Results pending: the study has not finished.**" in text and "6.500" not in text
+    assert "Adam-SAGE +" not in text and "Adam-SAGE -" not in text  # no verdict line

@@ -114,12 +114,17 @@ class ConvergedStudy(Study):
     def status(self) -> str:
         if self.complete() and self.pruning:
             return "**Complete:** every run, score and curve of the design below is in."
+        scored = [run.name for run in self.grid if self.results[run].valid_bleu is not None]
+        if scored:
+            return (f"**Partial results.** The converged study is running: {len(scored)} of {len(self.grid)} grid "
+                    "runs are finished and scored (the rows with a valid BLEU); the verdict is written here when "
+                    "every seed of both best settings is scored.")
         return ("**Results pending.** The converged study has not finished; the verdict will be written "
                 "here when it has run. No number below is a result until then.")
 
     def verdict_section(self) -> str:
         if not self.complete():
-            return ("### Verdict\n\n**Results pending: the study has not run yet.** The verdict per test "
+            return ("### Verdict\n\n**Results pending: the study has not finished.** The verdict per test "
                     "set (Adam-SAGE ± 95 % CI of the paired difference, significant / not significant) "
                     "appears here once every seed is scored.\n")
         text = "### Verdict\n\n"
