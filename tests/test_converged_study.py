@@ -242,8 +242,15 @@ def test_converged_report_of_a_running_study_shows_the_scored_grid_runs_and_no_v
     (running / "train.log").write_text(
         "2026 | INFO | valid | epoch 001 | valid on 'valid' subset | loss 6.5 | bleu 11.0 | num_updates 15\n")
     doc = tmp_path / "results.md"
+    short = ("- test2016: Adam-SAGE 27.46 vs Adam 27.75, a difference of -0.29 BLEU: no clear difference.\n"
+             "- test2017: Adam-SAGE 22.70 vs Adam 22.08, a difference of +0.62 BLEU: Adam-SAGE beats Adam.\n")
+    doc.write_text(f"# Multi30k\n\n## Findings\n\n{short}\n## Pruning\n\n- test2016: Adam-SAGE not a verdict\n")
     assert converged_report.main([str(workdir), "--doc", str(doc)]) == 0
     text = doc.read_text()
+    verdicts = text.split("### Verdict", 1)[1].split("###", 1)[0]
+    assert verdicts.endswith(f"[its findings](#findings)):\n\n{short}\n")  # the short budget's, beside it
+    assert converged_report.main([str(workdir), "--doc", str(doc)]) == 0  # again: the same, not quoted twice
+    assert doc.read_text() == text and text.count("27.46 vs Adam 27.75") == 2
     assert "**Partial results.** The converged study is running: 1 of 3 grid runs are finished and scored" in text
     assert "| Adam | 1e-3 | – | 25.75 | 5.250 |" in text
     assert "| Adam | 2e-3 | – | pending | pending | pending | 15 so far | pending |" in text

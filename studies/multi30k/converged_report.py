@@ -20,7 +20,7 @@ from .plots import COLORS, FIGURES_DIR, SEED_STYLES, SUBSET_NAMES, plot_grid, pl
 from .plots import save, setting_label
 from .plan import best_seeds
 from .progress import estimate
-from .report import Study, cell, shown_path, splice_converged, table
+from .report import Study, cell, short_budget_verdicts, shown_path, splice_converged, table
 from .results import read_bleu
 from .runs import LABELS, OPTIMIZERS, TEST_SETS, Run, seed_runs
 from .settings import BEST_MODEL, BUDGET_FILE, read_json, run_cli, write_atomically
@@ -73,8 +73,9 @@ def plot_validation_curves(path: Path, curves: Dict[Run, object]) -> None:
 class ConvergedStudy(Study):
     """The converged study: Study's grid and selection on the averaged model, with CIs over seeds."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, short_budget: Optional[Dict[str, str]] = None):
         super().__init__(workdir)
+        self.short_budget = short_budget or {}  # {test set: the short-budget study's verdict line}
         self.budget = read_json(workdir / BUDGET_FILE) if (workdir / BUDGET_FILE).is_file() else None
         self.stats = self.statistics() if self.best else {}
 
@@ -124,15 +125,20 @@ class ConvergedStudy(Study):
 
     def verdict_section(self) -> str:
         if not self.complete():
-            return ("### Verdict\n\n**Results pending: the study has not finished.** The verdict per test "
+            text = ("### Verdict\n\n**Results pending: the study has not finished.** The verdict per test "
                     "set (Adam-SAGE ± 95 % CI of the paired difference, significant / not significant) "
                     "appears here once every seed is scored.\n")
-        text = "### Verdict\n\n"
-        for test in TEST_SETS:
-            p_value = paired_p_value(self.workdir, test)
-            p_text = "pending" if p_value is None else f"{p_value:.4f}"
-            text += (f"- {verdict(test, self.stats[f'{AVERAGED}/{test}/bleu']['difference'])}; paired "
-                     f"bootstrap of the best seed pair: p = {p_text}.\n")
+        else:
+            text = "### Verdict\n\n"
+            for test in TEST_SETS:
+                p_value = paired_p_value(self.workdir, test)
+                p_text = "pending" if p_value is None else f"{p_value:.4f}"
+                text += (f"- {verdict(test, self.stats[f'{AVERAGED}/{test}/bleu']['difference'])}; paired "
+                         f"bootstrap of the best seed pair: p = {p_text}.\n")
+        if self.short_budget:
+            text += ("\nBeside it, the short budget (the study below, 600 updates of 2k tokens; "
+                     "[its findings](#findings)):\n\n")
+            text += "".join(f"- {test}: {line}\n" for test, line in self.short_budget.items())
         return text
 
     def scores_section(self) -> str:
@@ -244,7 +250,8 @@ class ConvergedStudy(Study):
 
 
 def write_report(args) -> None:
-    study = ConvergedStudy(args.workdir)
+    old = args.doc.read_text() if args.doc and args.doc.is_file() else ""
+    study = ConvergedStudy(args.workdir, short_budget_verdicts(old))
     study.draw_figures()
     summary = {"budget": study.budget, "statistics": study.stats,
                "paired_bootstrap_p": {test: paired_p_value(args.workdir, test) for test in TEST_SETS},
@@ -255,7 +262,6 @@ def write_report(args) -> None:
         for name, _ in FIGURES:
             if (args.workdir / FIGURES_DIR / name).is_file():
                 write_atomically(args.doc.parent / DOC_FIGURES / name, (args.workdir / FIGURES_DIR / name).read_bytes())
-        old = args.doc.read_text() if args.doc.is_file() else ""
         write_atomically(args.doc, splice_converged(old, study.markdown(DOC_FIGURES)).encode())
     print(f"[multi30k-converged] report: {args.workdir / 'results.md'}" + (f" and {args.doc}" if args.doc else ""))
 

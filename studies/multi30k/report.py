@@ -13,6 +13,7 @@ import argparse
 import csv
 import io
 import json
+import re
 import shlex
 import statistics
 import sys
@@ -411,6 +412,16 @@ class Study:
         write_atomically(folder / "runs.csv", text.getvalue().encode())
         write_atomically(folder / "runs.json", (json.dumps(rows, indent=2) + "\n").encode())
         write_atomically(folder / "summary.json", (json.dumps(self.summary(), indent=2) + "\n").encode())
+
+
+def short_budget_verdicts(text: str) -> Dict[str, str]:
+    """{test set: its verdict line} of the short-budget report's findings in ``text`` (a
+    docs/results.md), outside the converged section; {} when it has none yet."""
+    if CONVERGED_BEGIN in text and CONVERGED_END in text:
+        before, rest = text.split(CONVERGED_BEGIN, 1)
+        text = before + rest.split(CONVERGED_END, 1)[1]
+    findings = text.partition("\n## Findings\n")[2].split("\n## ", 1)[0]
+    return dict(re.findall(rf"^- ({'|'.join(TEST_SETS)}): (Adam-SAGE .*)$", findings, re.M))
 
 
 def splice_converged(text: str, section: str) -> str:
