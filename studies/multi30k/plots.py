@@ -111,19 +111,20 @@ def plot_grid(path: Path, settings: StudySettings, results: Dict[Run, RunResult]
 
     figure = Figure(figsize=(11, 4.2), layout="constrained")
     heat_axes, sweep_axes = figure.subplots(1, 2)
+    finite = [v for row in values for v in row if not math.isnan(v)]
     image = heat_axes.imshow(values, cmap="viridis", origin="lower", aspect="auto")
-    figure.colorbar(image, ax=heat_axes, label="validation BLEU")
+    if finite:  # no scale to show before a run is scored
+        figure.colorbar(image, ax=heat_axes, label="validation BLEU")
     heat_axes.set_xticks(range(len(sage_lrs)), sage_lrs)
     heat_axes.set_yticks(range(len(beta0s)), beta0s)
     heat_axes.set_xlabel("peak learning rate")
     heat_axes.set_ylabel("β0")
     heat_axes.set_title("Adam-SAGE: validation BLEU over β0 × lr")
-    finite = [v for row in values for v in row if not math.isnan(v)]
     middle = (min(finite) + max(finite)) / 2 if finite else 0
     for i, row in enumerate(values):
         for j, value in enumerate(row):
             text = "pending" if math.isnan(value) else f"{value:.2f}"
-            color = "white" if math.isnan(value) or value < middle else "black"
+            color = "gray" if math.isnan(value) else "white" if value < middle else "black"
             heat_axes.text(j, i, text, ha="center", va="center", fontsize=9, color=color)
 
     shade = colormaps["Oranges"]
@@ -136,6 +137,9 @@ def plot_grid(path: Path, settings: StudySettings, results: Dict[Run, RunResult]
         if points:
             sweep_axes.plot(*zip(*points), label=label, **style)
     sweep_axes.set_xscale("log")
+    lrs = sorted({*settings.adam_lrs, *sage_lrs}, key=float)
+    sweep_axes.set_xticks([float(lr) for lr in lrs], lrs)
+    sweep_axes.minorticks_off()
     sweep_axes.set_xlabel("peak learning rate")
     sweep_axes.set_ylabel("validation BLEU")
     sweep_axes.set_title("validation BLEU against lr")
