@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from conftest import REPO
 from study_helpers import TINY_FLAGS, bleu, check_ok, fabricate_study, needs_real_data, real_subset, run_study  # noqa: F401
 from studies.multi30k import budget, converged_report, plan, stats
 from studies.multi30k.train_log import parse_train_log
@@ -256,3 +257,57 @@ def test_converged_report_of_a_running_study_shows_the_scored_grid_runs_and_no_v
     assert "| Adam | 2e-3 | – | pending | pending | pending | 15 so far | pending |" in text
     assert "**Results pending: the study has not finished.**" in text and "6.500" not in text
     assert "Adam-SAGE +" not in text and "Adam-SAGE -" not in text  # no verdict line
+
+
+POOL = """
+set -euo pipefail
+RECIPE=test WORKDIR=/nowhere
+source recipes/common.sh
+source studies/multi30k/lib.sh
+process_run() {  # STAGE NAME OPTIMIZER SECONDS: a stand-in that records when it ran and with what threads
+    echo "$2 start $(date +%s.%N) ${OMP_NUM_THREADS:-unset}" >> "$LOG"
+    sleep "$4"
+    echo "$2 end $(date +%s.%N)" >> "$LOG"
+    [[ $2 != bad* ]]
+}
+"""
+
+
+def run_pool(tmp_path, lines, jobs, alone_threads):
+    log = tmp_path / "pool.log"
+    log.unlink(missing_ok=True)
+    script = POOL + f"JOBS={jobs} ALONE_THREADS={alone_threads}\nexport OMP_NUM_THREADS=1\nrun_all grid\n"
+    process = subprocess.run(["bash", "-c", script], cwd=REPO, input="".join(f"{n} x {s}\n" for n, s in lines),
+                             env={**os.environ, "LOG": str(log)}, capture_output=True, text=True)  # fmt: skip
+    events = {}
+    for row in log.read_text().splitlines():
+        name, what, when, *threads = row.split()
+        events.setdefault(name, {})[what] = float(when)
+        if threads:
+            events[name]["threads"] = threads[0]
+    return process, events
+
+
+def test_run_all_gives_the_cores_of_a_partial_last_round_to_its_runs_after_the_others_end(tmp_path):
+    lines = [("a", 0.4), ("b", 0.9), ("c", 0.2), ("d", 0.5), ("e", 0.2)]
+    process, events = run_pool(tmp_path, lines, jobs=2, alone_threads=2)
+    assert process.returncode == 0, process.stderr
+    assert [events[n]["threads"] for n, _ in lines] == ["1", "1", "1", "1", "2"]
+    assert events["c"]["start"] >= events["a"]["end"] and events["d"]["start"] >= events["c"]["end"]
+    assert events["e"]["start"] >= max(events[n]["end"] for n in "abcd")  # alone: every core
+    assert "e: one of the last 1 of the grid, 2 threads" in process.stdout
+
+    process, events = run_pool(tmp_path, [*lines, ("f", 0.1)], jobs=3, alone_threads=4)
+    assert [events[n]["threads"] for n in "abcdef"] == ["1", "1", "1", "1", "1", "1"]  # two full rounds
+    process, events = run_pool(tmp_path, lines, jobs=3, alone_threads=4)
+    assert [events[n]["threads"] for n in "abcde"] == ["1", "1", "1", "2", "2"]  # the last 2 share 4
+    assert min(events[n]["start"] for n in "de") >= max(events[n]["end"] for n in "abc")
+    process, events = run_pool(tmp_path, [("a", 0.1), ("b", 1.5), ("c", 0.1)], jobs=2, alone_threads="")
+    assert events["c"]["threads"] == "1" and events["c"]["start"] < events["b"]["end"]  # no ALONE_THREADS
+
+
+def test_run_all_stops_with_one_line_when_a_run_fails_after_all_have_ended(tmp_path):
+    process, events = run_pool(tmp_path, [("bad", 0.1), ("a", 0.3), ("c", 0.1)], jobs=2, alone_threads=2)
+    assert process.returncode == 1 and set(events) == {"bad", "a", "c"} and "end" in events["c"]
+    assert process.stderr.strip().splitlines()[-1] == (
+        "error: a run of the grid failed; its error is above, its logs in /nowhere/runs/RUN/logs")

@@ -33,7 +33,8 @@
 #   AVERAGE_LAST [5]  epoch checkpoints averaged   MAX_TOKENS [4096]  WARMUP_UPDATES [200]  LOG_INTERVAL [25]
 #   MAX_TRAIN_LINES, MAX_TEST_LINES, SPM_VOCAB_SIZE, PRUNE_*, RESULTS_DOC: as in run_study.sh
 #   JOBS [2]  runs at once; with JOBS > 1 and no OMP_NUM_THREADS, each gets nproc / JOBS threads
-#             (the budget run, which runs alone, gets every core)
+#             (the budget run, which runs alone, gets every core, and so do the last runs of a
+#             stage that holds fewer than JOBS of them: they wait for the others, then share them)
 set -euo pipefail
 RECIPE=multi30k-converged
 STUDY_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -114,24 +115,6 @@ process_run() {
     study_python progress "$WORKDIR" >/dev/null
 }
 
-# run_all STAGE: process_run each `NAME OPTIMIZER LR BETA0 SEED` line of stdin, JOBS at a time.
-run_all() {
-    local stage=$1 line pids=() pid failed=0
-    while read -r line; do
-        [[ -n $line ]] || continue
-        while [[ $(jobs -rp | wc -l) -ge $JOBS ]]; do
-            wait -n || true
-        done
-        # shellcheck disable=SC2086
-        (process_run "$stage" $line) &
-        pids+=($!)
-    done
-    for pid in "${pids[@]}"; do
-        wait "$pid" || failed=1
-    done
-    [[ $failed == 0 ]] || fail "a run of the $stage failed; its error is above, its logs in $WORKDIR/runs/RUN/logs"
-}
-
 # paired_bootstrap: sacreBLEU's paired bootstrap, Adam's best seed as the baseline, per test set.
 paired_bootstrap() {
     local pair name
@@ -171,8 +154,10 @@ if [[ $FOREGROUND == 0 ]]; then
     exit 0
 fi
 BUDGET_THREADS=${OMP_NUM_THREADS:-$(nproc)}  # the budget run is the only one running: every core
+ALONE_THREADS=""
 if [[ $JOBS -gt 1 && -z ${OMP_NUM_THREADS:-} ]]; then
     export OMP_NUM_THREADS=$(($(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1))
+    ALONE_THREADS=$(nproc)  # run_all: the last runs of a stage, fewer than JOBS, share every core
 fi
 export PYTHON WORKERS WARMUP_UPDATES MAX_TOKENS MAX_TRAIN_LINES MAX_TEST_LINES SPM_VOCAB_SIZE
 export EPOCH_CHECKPOINTS=1

@@ -194,6 +194,12 @@ class ConvergedStudy(Study):
             "difference per seed with its interval (significant when it excludes 0), and sacreBLEU's "
             "paired bootstrap (`--paired-bs`, 1,000 resamples) between each optimizer's seed of highest "
             "validation BLEU.\n"
+            f"- **Schedule**: JOBS={v('JOBS')} runs at once, each with nproc / JOBS threads (the budget run "
+            "alone with every core); the runs left over after a stage's last full round (with JOBS=2, the last "
+            "run of a stage of an odd number of runs) wait for the others, then share every core, so their "
+            "wall time is shorter. The "
+            "seeds alternate Adam and Adam-SAGE, so that the two runs trained at once are one of each and "
+            "the optimizers' wall times and words/s are measured under the same load.\n"
             f"- **Size**: {estimate(self.settings)}\n"
         )
 

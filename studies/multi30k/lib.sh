@@ -203,3 +203,38 @@ report_inputs_digest() {
             runs/*/eval/*/*/*.json paired/*.json analysis/*/*.csv | md5sum | cut -d' ' -f1
     )
 }
+
+# run_all STAGE: process_run STAGE LINE for each `NAME OPTIMIZER LR BETA0 SEED` line of stdin, JOBS
+# at a time. With ALONE_THREADS set, the runs left over after the last full round of JOBS (fewer
+# than JOBS) first wait for every earlier run to end, then train with ALONE_THREADS / their number
+# threads each instead of leaving cores idle (alone on 2 cores, a run trains about 1.8x faster
+# with 2 threads than with 1).
+run_all() {
+    local stage=$1 line lines=() pids=() failed=0 i threads
+    while read -r line; do
+        [[ -z $line ]] || lines+=("$line")
+    done
+    local full=$((${#lines[@]} / JOBS * JOBS)) pid
+    for i in "${!lines[@]}"; do
+        while [[ $(jobs -rp | wc -l) -ge $JOBS ]]; do
+            wait -n || true
+        done
+        if [[ -n ${ALONE_THREADS:-} && $i -ge $full ]]; then
+            while [[ $i == "$full" && -n $(jobs -rp) ]]; do
+                wait -n || true
+            done
+            threads=$((ALONE_THREADS / (${#lines[@]} - full) > 0 ? ALONE_THREADS / (${#lines[@]} - full) : 1))
+            log "${lines[$i]%% *}: one of the last $((${#lines[@]} - full)) of the $stage, $threads threads"
+            # shellcheck disable=SC2086
+            (export OMP_NUM_THREADS=$threads && process_run "$stage" ${lines[$i]}) &
+        else
+            # shellcheck disable=SC2086
+            (process_run "$stage" ${lines[$i]}) &
+        fi
+        pids+=($!)
+    done
+    for pid in "${pids[@]}"; do
+        wait "$pid" || failed=1
+    done
+    [[ $failed == 0 ]] || fail "a run of the $stage failed; its error is above, its logs in $WORKDIR/runs/RUN/logs"
+}
