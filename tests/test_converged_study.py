@@ -22,7 +22,7 @@ CONVERGED_MICRO = {
     "ADAM_LRS": "1e-3", "SAGE_LRS": "3e-3", "SAGE_BETA0S": "0.8", "SEEDS": "1 2", "MAX_WIDEN": "0",
     "BUDGET_LR": "1e-3", "BUDGET_MAX_UPDATE": "30", "BUDGET_MIN_GAIN": "100", "AVERAGE_LAST": "2",
     "MAX_TOKENS": "1024", "WARMUP_UPDATES": "2", "LOG_INTERVAL": "1", "SPM_VOCAB_SIZE": "1000",
-    "PRUNE_LEVELS": "0,20", "PRUNE_BATCHES": "1", "JOBS": "1",
+    "PRUNE_LEVELS": "0,20", "PRUNE_BATCHES": "1", "JOBS": "1", "PROGRESS_INTERVAL": "1",
 }  # fmt: skip
 CONVERGED_RUNS = {"adam": ["adam-lr1e-3-seed1", "adam-lr1e-3-seed2"],
                   "adam_sage": ["adam_sage-lr3e-3-b0.8-seed1", "adam_sage-lr3e-3-b0.8-seed2"]}  # fmt: skip
@@ -61,10 +61,15 @@ def converged_study(real_subset, tmp_path_factory):
 
     wait_for(lambda: second_started() or not running(), 600, "the second grid run to start")
     assert second_started(), (workdir / "study.log").read_text()
+    # PROGRESS_INTERVAL=1: progress.md is refreshed while the run trains (no run ends in 4 s)
+    updated = (workdir / "progress.md").read_text().splitlines()[2]
+    wait_for(lambda: (workdir / "progress.md").read_text().splitlines()[2] != updated, 4, "progress.md to be refreshed")
     os.killpg(pid, signal.SIGKILL)
     wait_for(lambda: not running(), 30, "the killed study to end")
     kept = {p: p.stat().st_mtime_ns for p in (workdir / "runs" / first / "checkpoints").rglob("*.pt")}
     resumed = check_ok(run_study("--converged", "--foreground", *args[1:], env={**env, "JOBS": "2"}))
+    wait_for(lambda: subprocess.run(["pgrep", "-f", f"converged.sh .*{workdir}"]).returncode == 1, 10,
+             "the progress refresher to end with the study")
     return workdir, doc, launcher, resumed, kept
 
 
@@ -311,3 +316,16 @@ def test_run_all_stops_with_one_line_when_a_run_fails_after_all_have_ended(tmp_p
     assert process.returncode == 1 and set(events) == {"bad", "a", "c"} and "end" in events["c"]
     assert process.stderr.strip().splitlines()[-1] == (
         "error: a run of the grid failed; its error is above, its logs in /nowhere/runs/RUN/logs")
+
+
+def test_bad_converged_settings_stop_with_one_line(tmp_path):
+    cases = {
+        "PROGRESS_INTERVAL=often": "error: PROGRESS_INTERVAL=often: must be a positive integer",
+        "BUDGET_TAIL=1.5": "error: BUDGET_TAIL=1.5: give a fraction in (0, 1) like 0.2",
+        "JOBS=0": "error: JOBS=0: must be a positive integer",
+    }
+    for setting, message in cases.items():
+        key, value = setting.split("=", 1)
+        result = run_study("--converged", "--plan", tmp_path / "work", env={key: value})
+        assert result.returncode == 1 and result.stderr.strip() == message, setting
+    assert not (tmp_path / "work" / "study.env").exists()

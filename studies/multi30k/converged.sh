@@ -32,6 +32,7 @@
 #   BUDGET_LR [4e-3]  BUDGET_MAX_UPDATE [2600]  BUDGET_TAIL [0.2]  BUDGET_MIN_GAIN [0.3]  the budget rule
 #   AVERAGE_LAST [5]  epoch checkpoints averaged   MAX_TOKENS [4096]  WARMUP_UPDATES [200]  LOG_INTERVAL [25]
 #   MAX_TRAIN_LINES, MAX_TEST_LINES, SPM_VOCAB_SIZE, PRUNE_*, RESULTS_DOC: as in run_study.sh
+#   PROGRESS_INTERVAL [300]  seconds between two refreshes of WORKDIR/progress.md (also at each run's end)
 #   JOBS [2]  runs at once; with JOBS > 1 and no OMP_NUM_THREADS, each gets nproc / JOBS threads
 #             (the budget run, which runs alone, gets every core, and so do the last runs of a
 #             stage that holds fewer than JOBS of them: they wait for the others, then share them)
@@ -53,6 +54,7 @@ declare -A DEFAULTS=(
     [PRUNE_LEVELS]=0,10,20,30,40 [PRUNE_SUBSET]=test [PRUNE_BATCHES]=8
 )
 AVERAGED=checkpoint_avg
+PROGRESS_INTERVAL=${PROGRESS_INTERVAL:-300}
 
 check_settings() {
     local setting
@@ -61,7 +63,7 @@ check_settings() {
     [[ $BUDGET_TAIL =~ ^0?\.[0-9]*[1-9][0-9]*$ ]] || fail "BUDGET_TAIL=$BUDGET_TAIL: give a fraction in (0, 1) like 0.2"
     [[ $BUDGET_MIN_GAIN =~ ^[0-9]+(\.[0-9]+)?$ ]] || fail "BUDGET_MIN_GAIN=$BUDGET_MIN_GAIN: give BLEU points like 0.3"
     [[ $MAX_WIDEN =~ ^[0-9]+$ ]] || fail "MAX_WIDEN=$MAX_WIDEN: must be a whole number like 2"
-    for setting in BUDGET_MAX_UPDATE AVERAGE_LAST MAX_TOKENS WARMUP_UPDATES LOG_INTERVAL JOBS; do
+    for setting in BUDGET_MAX_UPDATE AVERAGE_LAST MAX_TOKENS WARMUP_UPDATES LOG_INTERVAL JOBS PROGRESS_INTERVAL; do
         require_positive_integer "$setting"
     done
 }
@@ -166,6 +168,13 @@ STUDY_TRAIN_FLAGS=(--log-interval "$LOG_INTERVAL" --keep-last-epochs "$AVERAGE_L
     --best-checkpoint-metric bleu --maximize-best-checkpoint-metric)
 started=$SECONDS
 log "started (pid $$) with $JOBS run(s) at a time"
+# progress.md is also refreshed every PROGRESS_INTERVAL seconds, so that it shows the running runs'
+# updates; the refresher is no job of this shell (run_all counts those) and ends with it
+(while sleep "$PROGRESS_INTERVAL" && kill -0 $$ 2>/dev/null; do study_python progress "$WORKDIR" || true; done) \
+    </dev/null >/dev/null 2>&1 &
+refresher=$!
+disown "$refresher"
+trap 'kill "$refresher" 2>/dev/null || true' EXIT
 
 quietly "$WORKDIR/data/prepare.out" bash "$RECIPES_DIR/multi30k/prepare.sh" ${DATA:+--data "$DATA"} "$WORKDIR/data"
 
