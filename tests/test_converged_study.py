@@ -275,6 +275,9 @@ process_run() {  # STAGE NAME OPTIMIZER SECONDS: a stand-in that records when it
     echo "$2 end $(date +%s.%N)" >> "$LOG"
     [[ $2 != bad* ]]
 }
+run_finished() {  # STAGE NAME ...: the runs named done* are finished
+    [[ $2 == done* ]]
+}
 """
 
 
@@ -309,6 +312,16 @@ def test_run_all_gives_the_cores_of_a_partial_last_round_to_its_runs_after_the_o
     assert min(events[n]["start"] for n in "de") >= max(events[n]["end"] for n in "abc")
     process, events = run_pool(tmp_path, [("a", 0.1), ("b", 1.5), ("c", 0.1)], jobs=2, alone_threads="")
     assert events["c"]["threads"] == "1" and events["c"]["start"] < events["b"]["end"]  # no ALONE_THREADS
+    # finished runs go first, one at a time, and do not count in the rounds of the others
+    process, events = run_pool(tmp_path, [("a", 0.3), ("done1", 0.1), ("b", 0.3), ("done2", 0.1), ("c", 0.2)],
+                               jobs=2, alone_threads=2)  # fmt: skip
+    assert process.returncode == 0, process.stderr
+    assert events["done1"]["end"] <= events["done2"]["start"] and events["done2"]["end"] <= events["a"]["start"]
+    assert [events[n]["threads"] for n in ("a", "b", "c")] == ["1", "1", "2"]
+    assert events["c"]["start"] >= max(events["a"]["end"], events["b"]["end"])
+    process, events = run_pool(tmp_path, [("done1", 0.1), ("a", 0.3), ("b", 0.3)], jobs=2, alone_threads=2)
+    assert events["a"]["threads"] == events["b"]["threads"] == "1"  # a full round: nothing left over
+    assert events["b"]["start"] < events["a"]["end"]
 
 
 def test_run_all_stops_with_one_line_when_a_run_fails_after_all_have_ended(tmp_path):

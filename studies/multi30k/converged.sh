@@ -117,6 +117,14 @@ process_run() {
     study_python progress "$WORKDIR" >/dev/null
 }
 
+# run_finished STAGE NAME ...: whether run NAME's last step (the validation score for the grid, the
+# test scores for the final runs) has its marker.
+run_finished() {
+    local step=valid
+    [[ $1 == grid ]] || step=test
+    [[ -f $WORKDIR/runs/$2/.steps/$2.$step.done ]]
+}
+
 # paired_bootstrap: sacreBLEU's paired bootstrap, Adam's best seed as the baseline, per test set.
 paired_bootstrap() {
     local pair name

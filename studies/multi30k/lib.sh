@@ -205,14 +205,21 @@ report_inputs_digest() {
 }
 
 # run_all STAGE: process_run STAGE LINE for each `NAME OPTIMIZER LR BETA0 SEED` line of stdin, JOBS
-# at a time. With ALONE_THREADS set, the runs left over after the last full round of JOBS (fewer
-# than JOBS) first wait for every earlier run to end, then train with ALONE_THREADS / their number
-# threads each instead of leaving cores idle (alone on 2 cores, a run trains about 1.8x faster
-# with 2 threads than with 1).
+# at a time (process_run and run_finished are the caller's). The runs that run_finished says are
+# finished go first, one at a time (their steps are skipped). With ALONE_THREADS set, the runs left
+# over after the last full round of JOBS of the others (fewer than JOBS) first wait for every
+# earlier run to end, then train with ALONE_THREADS / their number threads each instead of leaving
+# cores idle (alone on 2 cores, a run trains about 1.8x faster with 2 threads than with 1).
 run_all() {
     local stage=$1 line lines=() pids=() failed=0 i threads
     while read -r line; do
-        [[ -z $line ]] || lines+=("$line")
+        [[ -n $line ]] || continue
+        # shellcheck disable=SC2086
+        if run_finished "$stage" $line; then
+            (process_run "$stage" $line) </dev/null || failed=1
+        else
+            lines+=("$line")
+        fi
     done
     local full=$((${#lines[@]} / JOBS * JOBS)) pid
     for i in "${!lines[@]}"; do
