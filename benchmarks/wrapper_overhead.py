@@ -5,8 +5,10 @@ Run from the repository root:
     python -m benchmarks.wrapper_overhead
 
 For the parameter shapes of fairseq's ``transformer_iwslt_de_en`` (default ``--arch``) it times
-torch's Adafactor and Adam against SAGE wrapped around each (median of ``--repeats`` steps after
-warm-up, the optimizers taking turns, :mod:`benchmarks.step_timing`), and measures, each in a fresh
+torch's Adafactor and Adam against SAGE wrapped around each, with the fused kernel's modulation
+(``impl="auto"``, the default on CPU) and with foreach ops (``impl="foreach"``), and AdamSAGE beside
+Adam (median of ``--repeats`` steps after warm-up, the optimizers taking turns,
+:mod:`benchmarks.step_timing`), and measures, each in a fresh
 process, how far the peak resident memory of three steps rises above what was resident before them
 (:mod:`benchmarks.step_memory`): the step's temporaries, which for the wrapper include its one copy
 of the weights. It prints each figure with its ratio to the base optimizer, and the optimizer-state
@@ -32,14 +34,25 @@ BASES = {
 
 
 def optimizer_factories() -> Dict[str, step_timing.OptimizerFactory]:
-    """Each base optimizer and SAGE over it (configured as fairseq-train runs it: no NaN check)."""
-    from fairseq_sage import SAGE
+    """Each base optimizer, SAGE over it with each modulation, and AdamSAGE (configured as
+    fairseq-train runs them: no NaN check)."""
+    from fairseq_sage import SAGE, AdamSAGE
 
     factories = {}
     for name, base in BASES.items():
         factories[name] = base
-        factories[f"SAGE({name})"] = (lambda base: lambda params: SAGE(base(params), check_finite=False))(base)
+        for impl, label in (("auto", ""), ("foreach", " foreach")):
+            factories[f"SAGE({name}){label}"] = (lambda base, impl: lambda params: SAGE(
+                base(params), check_finite=False, impl=impl))(base, impl)
+    factories["AdamSAGE"] = lambda params: AdamSAGE(params, lr=5e-4, betas=(0.9, 0.98), check_finite=False)
     return factories
+
+
+def base_of(name: str) -> str:
+    """The base optimizer a row is compared with."""
+    if name == "AdamSAGE":
+        return "Adam"
+    return name[len("SAGE("):name.index(")")] if name.startswith("SAGE(") else name
 
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
@@ -95,7 +108,7 @@ def main(argv=None) -> None:
     print("| optimizer | median step (ms) | × base | state bytes / parameter | step temporaries (MB) | × base |")
     print("|---|---:|---:|---:|---:|---:|")
     for name in factories:
-        base = name[len("SAGE("):-1] if name.startswith("SAGE(") else name
+        base = base_of(name)
         time_ratio = times[name].median_step_s / times[base].median_step_s
         mb = memory.get(name, float("nan")) / 1e6
         memory_ratio = memory[name] / memory[base] if memory.get(base) else float("nan")

@@ -258,7 +258,7 @@ def test_auto_picks_the_fused_kernel_on_cpu():
 
 
 def test_auto_picks_compiled_on_cuda_where_triton_is_installed(monkeypatch, caplog):
-    implementations._fall_back.cache_clear()
+    implementations.fall_back.cache_clear()
     monkeypatch.setattr(implementations, "compiler_missing", lambda device_type: "")
     assert implementations.choose_implementation("auto", "cuda", ADAM) == "compiled"
     monkeypatch.setattr(implementations, "compiler_missing", lambda device_type: "Triton is not installed")
@@ -277,7 +277,7 @@ def test_a_base_the_kernel_does_not_implement_runs_foreach(monkeypatch, caplog, 
     foreach_update = multi_tensor.foreach_update_
     monkeypatch.setattr(multi_tensor, "foreach_update_",
                         lambda base, *args: foreach_calls.append(base.name) or foreach_update(base, *args))
-    implementations._fall_back.cache_clear()
+    implementations.fall_back.cache_clear()
     with caplog.at_level(logging.WARNING):
         params, optimizer = train("lion", "auto")
     assert set(foreach_calls) == {"lion_unfused"}
@@ -305,7 +305,7 @@ def test_a_failed_compilation_falls_back_to_foreach_once(monkeypatch, caplog, re
         calls.append(base.name)
         raise torch._dynamo.exc.TorchDynamoException("InductorError: no working C++ compiler\nmore detail")
 
-    implementations._fall_back.cache_clear()
+    implementations.fall_back.cache_clear()
     monkeypatch.setitem(implementations.PREFERRED, "cpu", "compiled")
     monkeypatch.setattr(implementations, "_compile_failures", {})
     monkeypatch.setattr(multi_tensor, "compiled_update_", failing_compile)

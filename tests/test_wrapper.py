@@ -13,6 +13,7 @@ from test_optimizers import gradient_sequence, reference_multiplier, run_optimiz
 
 SHAPES = [(6, 4), (5,), (3, 2, 4)]
 STEPS = 12
+IMPLS = pytest.mark.parametrize("impl", ["foreach", "cpp"])
 
 
 def make_params(shapes=SHAPES, dtype=torch.float32, seed=1):
@@ -28,8 +29,9 @@ def gradients(shapes=SHAPES, dtype=torch.float32, steps=STEPS):
     return [gradient_sequence(s, dtype, steps, seed=i) for i, s in enumerate(shapes)]
 
 
+@IMPLS
 @pytest.mark.parametrize("decay", [0.0, 0.1])
-def test_sage_over_torch_adam_equals_adam_sage(decay):
+def test_sage_over_torch_adam_equals_adam_sage(decay, impl):
     """With eps = 0 torch's θ − η/(1−β1^t)·m/(√v/√(1−β2^t) + eps) is AdamSAGE's
     θ − η√(1−β2^t)/(1−β1^t)·m/(√v + eps); the second group gets no SAGE in both."""
     params = make_params()
@@ -37,7 +39,7 @@ def test_sage_over_torch_adam_equals_adam_sage(decay):
     grads = gradients()
     hyper = dict(lr=3e-2, betas=(0.9, 0.98), eps=0.0, weight_decay=decay)
     base = torch.optim.AdamW([{"params": params[:2]}, {"params": params[2:], "lr": 1e-2}], **hyper)
-    wrapper = SAGE(base, beta0=0.7, params=params[:2])
+    wrapper = SAGE(base, beta0=0.7, params=params[:2], impl=impl)
     reference = AdamSAGE([{"params": others[:2]}, {"params": others[2:], "lr": 1e-2, "sage": False}],
                          beta0=0.7, impl="reference", **hyper)
     run_optimizer(wrapper, params, grads)
@@ -50,10 +52,12 @@ def test_sage_over_torch_adam_equals_adam_sage(decay):
     assert params[2] not in wrapper.state
 
 
-def test_large_and_non_contiguous_tensors_are_modulated_like_the_rest():
-    """The wrapper cuts tensors above multi_tensor.CHUNK_ELEMENTS into flat slices and runs foreach
-    ops over batches of them; a transposed (non-contiguous) weight is taken whole. Each must end
-    where AdamSAGE's reference path (one tensor at a time) puts it."""
+@IMPLS
+def test_large_and_non_contiguous_tensors_are_modulated_like_the_rest(impl):
+    """foreach cuts tensors above multi_tensor.CHUNK_ELEMENTS into flat slices and runs foreach
+    ops over batches of them, taking a transposed (non-contiguous) weight whole; cpp takes the
+    contiguous ones whole and leaves the transposed one to foreach. Each must end where AdamSAGE's
+    reference path (one tensor at a time) puts it."""
     from fairseq_sage.optim.multi_tensor import CHUNK_ELEMENTS
 
     generator = torch.Generator().manual_seed(3)
@@ -65,7 +69,7 @@ def test_large_and_non_contiguous_tensors_are_modulated_like_the_rest():
     others = [torch.nn.Parameter(p.detach().clone()) for p in params]
     grads = [gradient_sequence(p.shape, torch.float32, 3, seed=i) for i, p in enumerate(params)]
     hyper = dict(lr=3e-2, betas=(0.9, 0.98), eps=0.0, weight_decay=0.1)
-    wrapper = SAGE(torch.optim.AdamW(params, **hyper), beta0=0.7)
+    wrapper = SAGE(torch.optim.AdamW(params, **hyper), beta0=0.7, impl=impl)
     run_optimizer(wrapper, params, grads)
     run_optimizer(AdamSAGE(others, beta0=0.7, impl="reference", **hyper), others, grads)
     for p, q in zip(params, others):
@@ -118,12 +122,13 @@ def adafactor_sage_reference(theta, grads, lr, decay, beta0, clip=1.0, beta2_dec
     return theta
 
 
-def test_adafactor_sage_matches_its_equations():
+@IMPLS
+def test_adafactor_sage_matches_its_equations(impl):
     shapes = [(6, 4), (5,)]
     params = make_params(shapes)
     start = [p.detach().clone() for p in params]
     grads = gradients(shapes)
-    run_optimizer(SAGE(torch.optim.Adafactor(params, lr=2e-2, weight_decay=0.5), beta0=0.8), params, grads)
+    run_optimizer(SAGE(torch.optim.Adafactor(params, lr=2e-2, weight_decay=0.5), beta0=0.8, impl=impl), params, grads)
     for p, theta, g in zip(params, start, grads):
         expected = adafactor_sage_reference(theta, g, lr=2e-2, decay=0.5, beta0=0.8)
         torch.testing.assert_close(p.double(), expected, rtol=1e-5, atol=1e-6)
@@ -278,11 +283,14 @@ def test_closure_is_evaluated_once_and_its_loss_returned():
     assert not torch.equal(params[0], before)
 
 
-def test_bfloat16_parameters_are_combined_in_float32_and_rounded_once():
+@IMPLS
+def test_bfloat16_parameters_are_combined_in_float32_and_rounded_once(impl):
+    """foreach rounds exactly the float32 result computed here; cpp, whose float32 arithmetic
+    divides once, may differ from it by a rounding step of bfloat16 (at most eps·|θ|)."""
     params = make_params(dtype=torch.bfloat16)
     base_twin = twin(params)
     grads = gradients(dtype=torch.bfloat16, steps=3)
-    wrapper = SAGE(torch.optim.Adam(params, lr=1e-2))
+    wrapper = SAGE(torch.optim.Adam(params, lr=1e-2), impl=impl)
     plain = torch.optim.Adam(base_twin, lr=1e-2)
     ema = [torch.zeros(p.shape) for p in params]
     for t, step_grads in enumerate(zip(*grads), start=1):
@@ -294,7 +302,11 @@ def test_bfloat16_parameters_are_combined_in_float32_and_rounded_once():
         for i, (p, q, g, old) in enumerate(zip(params, base_twin, step_grads, olds)):
             multiplier, ema[i] = reference_multiplier(old, g.float(), ema[i], t, 0.8, 1e-12)
             expected = (old + multiplier * (q.detach().float() - old)).bfloat16()
-            assert torch.equal(p.detach(), expected), (t, i)
+            if impl == "foreach":
+                assert torch.equal(p.detach(), expected), (t, i)
+            else:
+                ulp = torch.finfo(torch.bfloat16).eps * expected.float().abs().clamp(min=2**-126)
+                assert ((p.detach().float() - expected.float()).abs() <= ulp).all(), (t, i)
             q.data.copy_(p.detach())  # both continue from the modulated weights
     state = wrapper.state[params[0]]["sensitivity_ema"]
     assert state.dtype == torch.float32
@@ -345,7 +357,38 @@ def test_the_overhead_benchmark_prints_a_row_per_optimizer(capsys):
     wrapper_overhead.main(["--arch", "tiny", "--warmup", "1", "--repeats", "2"])
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "ms" not in line]
     by_name = {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows}
-    assert list(by_name) == ["Adafactor", "SAGE(Adafactor)", "Adam", "SAGE(Adam)"]
+    assert list(by_name) == ["Adafactor", "SAGE(Adafactor)", "SAGE(Adafactor) foreach", "Adam", "SAGE(Adam)",
+                             "SAGE(Adam) foreach", "AdamSAGE"]
     for base in ("Adafactor", "Adam"):
         assert by_name[base][1] == "1.00"
-        assert float(by_name[f"SAGE({base})"][2]) == pytest.approx(float(by_name[base][2]) + 4, abs=0.02), "Ī: 4 bytes"
+        for row in (f"SAGE({base})", f"SAGE({base}) foreach"):
+            assert float(by_name[row][2]) == pytest.approx(float(by_name[base][2]) + 4, abs=0.02), "Ī: 4 bytes"
+    assert float(by_name["AdamSAGE"][2]) == pytest.approx(12, abs=0.02)  # m, v, Ī
+
+
+def test_auto_modulates_contiguous_cpu_tensors_with_the_kernel_and_the_rest_with_foreach(monkeypatch):
+    from fairseq_sage.optim import fused_cpu, wrapper
+
+    calls = []
+    kernel = fused_cpu.modulate_
+    monkeypatch.setattr(wrapper.fused_cpu, "modulate_", lambda params, *rest: calls.append(
+        [tuple(p.shape) for p in params]) or kernel(params, *rest))
+    generator = torch.Generator().manual_seed(5)
+    params = [torch.nn.Parameter(torch.randn(4, 3, generator=generator)),
+              torch.nn.Parameter(torch.randn(6, 5, generator=generator).t()),
+              torch.nn.Parameter(torch.randn(7, generator=generator).bfloat16())]
+    others = twin(params)
+    grads = [gradient_sequence(p.shape, p.dtype, 2, seed=i) for i, p in enumerate(params)]
+    run_optimizer(SAGE(torch.optim.Adam(params, lr=1e-2)), params, grads)
+    assert sorted(calls) == [[(4, 3)], [(4, 3)], [(7,)], [(7,)]]  # per step, one call per dtype
+    calls.clear()
+    run_optimizer(SAGE(torch.optim.Adam(others, lr=1e-2), impl="foreach"), others, grads)
+    assert calls == []
+    for p, q in zip(params, others):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)  # float32; bfloat16 within one rounding
+
+
+def test_an_unknown_impl_is_refused():
+    with pytest.raises(ValueError, match="impl must be one of auto, foreach, cpp, got 'fused'"):
+        SAGE(torch.optim.Adam(make_params(), lr=1e-2), impl="fused")
+

@@ -17,6 +17,8 @@ every update from :func:`fairseq_sage.optim.base_steps.step_scalars`.
 
 :func:`all_finite` is the kernel's check for NaN and infinity: one parallel read of the gradients,
 no temporaries, which the torch classes' step makes before the update writes anything.
+:func:`modulate_` is ``SAGE(optimizer)``'s step after its base optimizer's
+(:mod:`fairseq_sage.optim.wrapper`), in one pass over θ, θ_old, g and Ī, no temporaries.
 """
 
 import functools
@@ -30,7 +32,8 @@ from torch import Tensor
 
 from .base_steps import BaseOptimizer, group_constants, step_scalars
 
-__all__ = ["KernelUnavailable", "load_kernel", "checkable", "supports", "all_finite", "fused_update_"]
+__all__ = ["KernelUnavailable", "load_kernel", "checkable", "supports", "all_finite", "fused_update_",
+           "modulable", "modulate_"]
 
 logger = logging.getLogger(__name__)
 
@@ -119,3 +122,20 @@ def fused_update_(base: BaseOptimizer, group: dict, params: Sequence[Tensor], st
         scalars.decay,
         [*constants.betas, constants.eps, constants.momentum, constants.beta0, constants.sage_eps],
     )
+
+
+def modulable(param: Tensor, old: Tensor, grad: Tensor, ema: Tensor) -> bool:
+    """Whether :func:`modulate_` can take this parameter: θ, θ_old and g :func:`checkable` of one
+    dtype, Ī contiguous float32."""
+    return (checkable(param) and all(checkable(t) and t.dtype == param.dtype for t in (old, grad))
+            and ema.dtype == torch.float32 and ema.is_contiguous())
+
+
+def modulate_(params: Sequence[Tensor], olds: Sequence[Tensor], grads: Sequence[Tensor], emas: Sequence[Tensor],
+              corrections: Sequence[float], decays: Sequence[float], beta0: float, sage_eps: float) -> None:
+    """θ ← (1 − c)·θ_old + m ⊙ (θ_new − (1 − c)·θ_old) for each parameter (θ_new is what ``params``
+    hold; one dtype, all :func:`modulable`), advancing Ī, with m = (U + ε)/(Ī_c + ε) from
+    I = |θ_old ⊙ g| and Ī_c = Ī/``corrections`` (1 − β0^t, per parameter); c: ``decays``."""
+    if params:
+        load_kernel().modulate(list(params), list(olds), list(grads), list(emas), list(corrections),
+                               list(decays), beta0, sage_eps)

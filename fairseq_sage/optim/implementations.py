@@ -81,7 +81,7 @@ def compiler_missing(device_type: str) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _fall_back(requested: str, device_type: str, reason: str) -> None:
+def fall_back(requested: str, device_type: str, reason: str) -> None:
     """Log, once per process and reason, that ``foreach`` replaces ``requested``."""
     logger.warning("fairseq-sage: the %s SAGE update is unavailable for %s tensors (%s); using the "
                    "slower foreach implementation", requested, device_type, reason)
@@ -105,7 +105,7 @@ def choose_implementation(requested: str, device_type: str, base: BaseOptimizer)
         preferred = PREFERRED.get(device_type, "foreach")
         reason = unavailable_reason(preferred, device_type, base)
         if reason:
-            _fall_back(preferred, device_type, reason)
+            fall_back(preferred, device_type, reason)
             return "foreach"
         return preferred
     if requested == "cpp":
@@ -131,7 +131,7 @@ def update_(base: BaseOptimizer, requested: str, work: Work, reference_update: R
                 if requested != "auto" or not is_compile_error(err):
                     raise
                 _compile_failures[device_type] = f"{type(err).__name__}: {str(err).splitlines()[0]}"
-                _fall_back("compiled", device_type, _compile_failures[device_type])
+                fall_back("compiled", device_type, _compile_failures[device_type])
                 implementation = "foreach"
         for group, params, states in device_work:
             if implementation == "reference":

@@ -20,10 +20,18 @@ has none): SAGE scales the base optimizer's own update element-wise and leaves t
 - any other class with a non-zero ``weight_decay`` in a group that gets SAGE is refused (one
   ValueError: set its weight decay to 0, or add a rule with :func:`register_decay_rule`).
 
+Implementations (``impl``): ``cpp`` computes m and the new θ in one pass of the fused CPU kernel
+(:func:`.fused_cpu.modulate_`: θ, θ_old, g and Ī each read once, θ and Ī written once, no
+temporaries); ``foreach`` with ``torch._foreach_*`` ops over batches of at most
+``multi_tensor.CHUNK_ELEMENTS`` elements (large tensors are cut into flat slices), about ten
+element-wise passes; ``auto`` (default) takes ``cpp`` for contiguous CPU parameters where the kernel
+builds (one warning where it cannot) and ``foreach`` for the rest, as ``impl="cpp"`` does for the
+parameters the kernel cannot take. Both combine half-precision parameters in float32 and round
+once into their dtype; they agree to float32 rounding.
+
 Memory: the wrapper keeps Ī (float32) per SAGE parameter and, during a step, one copy of the SAGE
-parameters' weights (θ_old, in their own dtype) plus the temporaries of foreach ops over batches
-of at most ``multi_tensor.CHUNK_ELEMENTS`` elements (large tensors are cut into flat slices).
-Half-precision parameters are combined in float32 and rounded once into their dtype.
+parameters' weights (θ_old, in their own dtype), plus, on the ``foreach`` path, the temporaries of
+one batch.
 """
 
 import warnings
@@ -33,11 +41,16 @@ from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optiona
 import torch
 from torch import Tensor
 
+from . import fused_cpu
 from .functional import bias_correction, sage_multiplier_foreach_
+from .implementations import cpp_kernel_error, fall_back
 from .multi_tensor import batches, flat_slices
 from .optimizers import DEFAULT_SAGE_EPS, LOW_PRECISION, _SAGEOptimizer, all_finite, check_hyperparameters
 
 __all__ = ["SAGE", "DecayRule", "DECAY_RULES", "register_decay_rule", "decoupled", "coupled"]
+
+IMPLEMENTATIONS = ("auto", "foreach", "cpp")
+"""What ``SAGE(..., impl=)`` accepts (module doc)."""
 
 SAGE_STATE_KEYS = ("sensitivity_ema", "sage_step")
 """The keys the wrapper adds to each SAGE parameter's entry of the base optimizer's state dict."""
@@ -102,7 +115,7 @@ DECAY_RULES: Dict[type, DecayRule] = {
 }
 """Decay rules by optimizer class; a subclass without an entry of its own uses its parent's."""
 
-PICKLED = ("optimizer", "beta0", "sage_eps", "check_finite", "sage_params", "defaults", "state")
+PICKLED = ("optimizer", "beta0", "sage_eps", "check_finite", "impl", "sage_params", "defaults", "state")
 
 REPEATED_CLOSURE = (torch.optim.LBFGS,)
 """Optimizers that evaluate the closure several times per step, which one SAGE multiplier per
@@ -137,7 +150,9 @@ class SAGE(torch.optim.Optimizer):
 
     ``step(closure)`` evaluates the closure once, then updates. With ``check_finite`` (default),
     an update whose gradients hold a NaN or an infinity is skipped entirely (weights, Ī and the
-    base's state unchanged) with a RuntimeWarning. Sparse gradients are refused.
+    base's state unchanged) with a RuntimeWarning. Sparse gradients are refused. ``impl``: one of
+    :data:`IMPLEMENTATIONS` (module doc); ``"cpp"`` raises RuntimeError where the kernel cannot be
+    built.
     """
 
     def __init__(
@@ -147,6 +162,7 @@ class SAGE(torch.optim.Optimizer):
         sage_eps: float = DEFAULT_SAGE_EPS,
         params: Optional[Iterable[Tensor]] = None,
         check_finite: bool = True,
+        impl: str = "auto",
     ):
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"SAGE wraps a torch.optim.Optimizer, got {type(optimizer).__name__}")
@@ -156,6 +172,11 @@ class SAGE(torch.optim.Optimizer):
             raise ValueError(f"SAGE cannot wrap {type(optimizer).__name__}: it evaluates the closure "
                              "several times per step; use an optimizer that steps once per gradient")
         check_sage_hyperparameters(beta0, sage_eps)
+        if impl not in IMPLEMENTATIONS:
+            raise ValueError(f"impl must be one of {', '.join(IMPLEMENTATIONS)}, got {impl!r}")
+        if impl == "cpp" and cpp_kernel_error():
+            raise RuntimeError(f"impl='cpp': {cpp_kernel_error()}; use impl='foreach'")
+        self.impl = impl
         self.optimizer = optimizer
         self.beta0 = beta0
         self.sage_eps = sage_eps
@@ -193,7 +214,7 @@ class SAGE(torch.optim.Optimizer):
         return {key: self.__dict__[key] for key in PICKLED}
 
     def __repr__(self) -> str:
-        return f"SAGE({self.optimizer!r}, beta0={self.beta0}, sage_eps={self.sage_eps})"
+        return f"SAGE({self.optimizer!r}, beta0={self.beta0}, sage_eps={self.sage_eps}, impl={self.impl!r})"
 
     def _all_params(self) -> List[Tensor]:
         return [p for group in self.param_groups for p in group["params"]]
@@ -259,9 +280,28 @@ class SAGE(torch.optim.Optimizer):
                     state = self._advance(param)
                     modulated.append(_Modulated(param, old.pop(param), param.grad, state["sensitivity_ema"],
                                                 state["step"], c))
-        for batch in batches(_slices(modulated)):
+        for batch in batches(_slices(self._modulate_fused(modulated))):
             self._modulate(batch)
         return loss
+
+    def _modulate_fused(self, pieces: List[_Modulated]) -> List[_Modulated]:
+        """Modulate with the fused kernel the ``pieces`` it takes (module doc), one call per dtype;
+        return the others."""
+        if self.impl == "foreach" or not any(p.param.device.type == "cpu" for p in pieces):
+            return pieces
+        if cpp_kernel_error():  # impl "auto": "cpp" was checked in __init__
+            fall_back("cpp", "cpu", cpp_kernel_error())
+            return pieces
+        by_dtype: Dict[torch.dtype, List[_Modulated]] = defaultdict(list)
+        rest = []
+        for piece in pieces:
+            fusable = fused_cpu.modulable(piece.param, piece.old, piece.grad, piece.ema)
+            (by_dtype[piece.param.dtype] if fusable else rest).append(piece)
+        for group in by_dtype.values():
+            fused_cpu.modulate_([p.param for p in group], [p.old for p in group], [p.grad for p in group],
+                                [p.ema for p in group], [bias_correction(self.beta0, p.step) for p in group],
+                                [p.decay for p in group], self.beta0, self.sage_eps)
+        return rest
 
     def _advance(self, param: Tensor) -> dict:
         """The SAGE state of ``param`` with t advanced by one (Ī created, as zeros, at its first update)."""

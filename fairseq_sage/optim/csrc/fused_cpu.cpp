@@ -8,7 +8,9 @@
 // fairseq_sage/optim/functional.py (sage_multiplier below), with the divisions gathered into one:
 //     θ ← θ − ηλθ − size · (U + ε_s)·num / ((Ī_c + ε_s)·den).
 // all_finite, the finite-gradient check of the torch classes' step, reads the gradients once in
-// parallel before that update writes anything.
+// parallel before that update writes anything. modulate is SAGE(optimizer)'s step after its base
+// optimizer's (fairseq_sage/optim/wrapper.py): θ ← (1 − c)·θ_old + m·(θ_new − (1 − c)·θ_old), one
+// pass over θ, θ_old, g and Ī.
 
 #include <torch/extension.h>
 
@@ -155,41 +157,84 @@ float* state_or_null(const std::vector<at::Tensor>& tensors, size_t index, int64
   return tensors.empty() ? nullptr : tensors[index].data_ptr<float>() + offset;
 }
 
-template <Base base, bool sage, typename Weight>
-void update_tensors(const GroupTensors& group, const GroupConstants& k) {
-  const size_t count = group.params.size();
+constexpr int64_t kGrain = 1 << 15;  // elements: the smallest share of a thread
+
+// Calls span(j, lo, hi) on pieces [lo, hi) of the tensors j of `tensors` such that their elements,
+// end to end, are split evenly among torch's threads.
+template <typename Span>
+void parallel_over_elements(const std::vector<at::Tensor>& tensors, const Span& span) {
+  const size_t count = tensors.size();
   std::vector<int64_t> offsets(count + 1, 0);
-  for (size_t j = 0; j < count; ++j) offsets[j + 1] = offsets[j] + group.params[j].numel();
-  // The elements of all tensors, end to end, are split evenly among the threads.
-  at::parallel_for(0, offsets[count], 1 << 15, [&](int64_t begin, int64_t end) {
+  for (size_t j = 0; j < count; ++j) offsets[j + 1] = offsets[j] + tensors[j].numel();
+  at::parallel_for(0, offsets[count], kGrain, [&](int64_t begin, int64_t end) {
     size_t j = std::upper_bound(offsets.begin(), offsets.end(), begin) - offsets.begin() - 1;
     for (; j < count && offsets[j] < end; ++j) {
       const int64_t lo = std::max(begin, offsets[j]) - offsets[j];
       const int64_t hi = std::min(end, offsets[j + 1]) - offsets[j];
-      if (hi <= lo) continue;
-      const TensorConstants t{static_cast<float>(group.step_sizes[j]),
-                              static_cast<float>(1.0 / group.ema_corrections[j]),
-                              static_cast<float>(group.decay)};
-      update_span<base, sage, Weight>(
-          group.params[j].data_ptr<Weight>() + lo, group.grads[j].data_ptr<Weight>() + lo,
-          state_or_null(group.first, j, lo), state_or_null(group.second, j, lo),
-          state_or_null(group.emas, j, lo), hi - lo, k, t);
+      if (hi > lo) span(j, lo, hi);
     }
   });
 }
 
+template <Base base, bool sage, typename Weight>
+void update_tensors(const GroupTensors& group, const GroupConstants& k) {
+  parallel_over_elements(group.params, [&](size_t j, int64_t lo, int64_t hi) {
+    const TensorConstants t{static_cast<float>(group.step_sizes[j]),
+                            static_cast<float>(1.0 / group.ema_corrections[j]),
+                            static_cast<float>(group.decay)};
+    update_span<base, sage, Weight>(
+        group.params[j].data_ptr<Weight>() + lo, group.grads[j].data_ptr<Weight>() + lo,
+        state_or_null(group.first, j, lo), state_or_null(group.second, j, lo),
+        state_or_null(group.emas, j, lo), hi - lo, k, t);
+  });
+}
+
+// Calls body(Weight{}) with the C++ type of the weights' dtype (float32, float16 or bfloat16).
+template <typename Body>
+void with_weight_type(at::ScalarType dtype, const char* what, const Body& body) {
+  switch (dtype) {
+    case at::kFloat:
+      return body(float{});
+    case at::kHalf:
+      return body(at::Half{});
+    case at::kBFloat16:
+      return body(at::BFloat16{});
+    default:
+      TORCH_CHECK(false, what, ": unsupported parameter dtype ", dtype);
+  }
+}
+
 template <Base base, bool sage>
 void update_by_dtype(const GroupTensors& group, const GroupConstants& k) {
-  switch (group.params.front().scalar_type()) {
-    case at::kFloat:
-      return update_tensors<base, sage, float>(group, k);
-    case at::kHalf:
-      return update_tensors<base, sage, at::Half>(group, k);
-    case at::kBFloat16:
-      return update_tensors<base, sage, at::BFloat16>(group, k);
-    default:
-      TORCH_CHECK(false, "fused SAGE step: unsupported parameter dtype ",
-                  group.params.front().scalar_type());
+  with_weight_type(group.params.front().scalar_type(), "fused SAGE step", [&](auto weight) {
+    update_tensors<base, sage, decltype(weight)>(group, k);
+  });
+}
+
+// Per tensor, for the modulation: 1 − β0^t and 1 − c.
+struct ModulationConstants {
+  float correction, keep;
+};
+
+// SAGE(optimizer)'s modulation of elements [0, n) of one tensor after its base optimizer's step:
+// with θ_old (`olds`), its gradient g, θ_new (what the base step wrote to `weights`) and the c of
+// its decoupled decay, advances Ī (`ema`) and writes θ ← (θ_new − d)·m + d, d = θ_old·(1 − c),
+// m = (U + ε_s)/(Ī_c + ε_s), from I = |θ_old·g|, Ī ← β0·Ī + (1−β0)·I, Ī_c = Ī/(1 − β0^t),
+// U = |I − Ī_c|. The operations, each rounded to float32, are those of the foreach path
+// (functional.sage_multiplier_foreach_, wrapper.SAGE._modulate), in its order.
+template <typename Weight>
+SAGE_VECTOR_CLONES void modulate_span(Weight* __restrict__ weights, const Weight* __restrict__ olds,
+                                      const Weight* __restrict__ grads, float* __restrict__ ema,
+                                      int64_t n, GroupConstants k, ModulationConstants t) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float old = static_cast<float>(olds[i]);
+    const float sensitivity = std::fabs(old * static_cast<float>(grads[i]));
+    const float average = ema[i] * k.beta0 + k.one_minus_beta0 * sensitivity;
+    ema[i] = average;
+    const float corrected = average / t.correction;
+    const float m = (std::fabs(sensitivity - corrected) + k.sage_eps) / (corrected + k.sage_eps);
+    const float decayed = old * t.keep;
+    weights[i] = static_cast<Weight>((static_cast<float>(weights[i]) - decayed) * m + decayed);
   }
 }
 
@@ -272,26 +317,17 @@ bool span_is_finite(const at::Tensor& tensor, int64_t lo, int64_t hi) {
 // True when no element of `tensors` (contiguous CPU float32/float16/bfloat16 tensors, dtypes may
 // differ) is an infinity or a NaN; the threads stop early once one is found.
 bool all_finite(const std::vector<at::Tensor>& tensors) {
-  const size_t count = tensors.size();
-  std::vector<int64_t> offsets(count + 1, 0);
-  for (size_t j = 0; j < count; ++j) {
-    TORCH_CHECK(tensors[j].device().is_cpu() && tensors[j].is_contiguous(),
+  for (const auto& tensor : tensors) {
+    TORCH_CHECK(tensor.device().is_cpu() && tensor.is_contiguous(),
                 "finite check: tensors must be contiguous CPU tensors");
-    offsets[j + 1] = offsets[j] + tensors[j].numel();
   }
-  constexpr int64_t block = 1 << 15;
   std::atomic<bool> finite{true};
-  at::parallel_for(0, offsets[count], block, [&](int64_t begin, int64_t end) {
-    size_t j = std::upper_bound(offsets.begin(), offsets.end(), begin) - offsets.begin() - 1;
-    for (; j < count && offsets[j] < end; ++j) {
-      const int64_t lo = std::max(begin, offsets[j]) - offsets[j];
-      const int64_t hi = std::min(end, offsets[j + 1]) - offsets[j];
-      for (int64_t start = lo; start < hi; start += block) {
-        if (!finite.load(std::memory_order_relaxed)) return;
-        if (!span_is_finite(tensors[j], start, std::min(hi, start + block))) {
-          finite.store(false, std::memory_order_relaxed);
-          return;
-        }
+  parallel_over_elements(tensors, [&](size_t j, int64_t lo, int64_t hi) {
+    for (int64_t start = lo; start < hi; start += kGrain) {
+      if (!finite.load(std::memory_order_relaxed)) return;
+      if (!span_is_finite(tensors[j], start, std::min(hi, start + kGrain))) {
+        finite.store(false, std::memory_order_relaxed);
+        return;
       }
     }
   });
@@ -330,7 +366,44 @@ void fused_step(
   }
 }
 
+// params: θ_new, overwritten with the result; olds: θ_old; grads: g (all of one dtype, contiguous
+// CPU); emas: Ī (float32); ema_corrections: 1 − β0^t and decays: c, per tensor.
+void modulate(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& olds,
+              const std::vector<at::Tensor>& grads, const std::vector<at::Tensor>& emas,
+              const std::vector<double>& ema_corrections, const std::vector<double>& decays,
+              double beta0, double sage_eps) {
+  if (params.empty()) return;
+  const size_t count = params.size();
+  TORCH_CHECK(olds.size() == count && grads.size() == count && emas.size() == count &&
+                  ema_corrections.size() == count && decays.size() == count,
+              "SAGE modulation: lists of different lengths");
+  for (size_t j = 0; j < count; ++j) {
+    const at::Tensor& p = params[j];
+    TORCH_CHECK(p.device().is_cpu() && p.is_contiguous() && p.scalar_type() == params.front().scalar_type(),
+                "SAGE modulation: parameters must be contiguous CPU tensors of one dtype");
+    for (const auto* same : {&olds[j], &grads[j]}) {
+      TORCH_CHECK(same->scalar_type() == p.scalar_type() && same->is_contiguous() &&
+                      same->numel() == p.numel(),
+                  "SAGE modulation: θ_old or g differs from its parameter in dtype, size or layout");
+    }
+    TORCH_CHECK(emas[j].scalar_type() == at::kFloat && emas[j].is_contiguous() &&
+                    emas[j].numel() == p.numel(),
+                "SAGE modulation: Ī must be contiguous float32 tensors");
+  }
+  const GroupConstants k{0, 0, 0, 0, 0, 0, static_cast<float>(beta0), static_cast<float>(1 - beta0),
+                         static_cast<float>(sage_eps)};
+  with_weight_type(params.front().scalar_type(), "SAGE modulation", [&](auto weight) {
+    using Weight = decltype(weight);
+    parallel_over_elements(params, [&](size_t j, int64_t lo, int64_t hi) {
+      const ModulationConstants t{static_cast<float>(ema_corrections[j]), static_cast<float>(1 - decays[j])};
+      modulate_span<Weight>(params[j].data_ptr<Weight>() + lo, olds[j].data_ptr<Weight>() + lo,
+                            grads[j].data_ptr<Weight>() + lo, emas[j].data_ptr<float>() + lo, hi - lo, k, t);
+    });
+  });
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.def("modulate", &modulate, "SAGE(optimizer)'s modulation of its base optimizer's step (CPU)");
   module.def("fused_step", &fused_step, "One fused SAGE update of a parameter group (CPU)");
   module.def("all_finite", &all_finite, "Whether no element of the tensors is an infinity or a NaN");
 }
