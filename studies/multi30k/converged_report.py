@@ -115,9 +115,9 @@ class ConvergedStudy(Study):
     def status(self) -> str:
         if self.complete() and self.pruning:
             return "**Complete:** every run, score and curve of the design below is in."
-        scored = [run.name for run in self.grid if self.results[run].valid_bleu is not None]
+        scored = sum(self.results[run].valid_bleu is not None for run in self.grid)
         if scored:
-            return (f"**Partial results.** The converged study is running: {len(scored)} of {len(self.grid)} grid "
+            return (f"**Partial results.** The converged study is running: {scored} of {len(self.grid)} grid "
                     "runs are finished and scored (the rows with a valid BLEU); the verdict is written here when "
                     "every seed of both best settings is scored.")
         return ("**Results pending.** The converged study has not finished; the verdict will be written "

@@ -222,6 +222,8 @@ run_all() {
         fi
     done
     local full=$((${#lines[@]} / JOBS * JOBS)) pid
+    local leftover=$((${#lines[@]} - full))
+    threads=$((leftover > 0 && ${ALONE_THREADS:-0} / leftover > 0 ? ${ALONE_THREADS:-0} / leftover : 1))
     for i in "${!lines[@]}"; do
         while [[ $(jobs -rp | wc -l) -ge $JOBS ]]; do
             wait -n || true
@@ -230,8 +232,7 @@ run_all() {
             while [[ $i == "$full" && -n $(jobs -rp) ]]; do
                 wait -n || true
             done
-            threads=$((ALONE_THREADS / (${#lines[@]} - full) > 0 ? ALONE_THREADS / (${#lines[@]} - full) : 1))
-            log "${lines[$i]%% *}: one of the last $((${#lines[@]} - full)) of the $stage, $threads threads"
+            log "${lines[$i]%% *}: one of the last $leftover of the $stage, $threads threads"
             # shellcheck disable=SC2086
             (export OMP_NUM_THREADS=$threads && process_run "$stage" ${lines[$i]}) &
         else
