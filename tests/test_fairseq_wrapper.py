@@ -74,6 +74,29 @@ def test_what_cannot_be_wrapped_is_one_clear_error(flags, message):
         build(list(torch.nn.Linear(3, 2).parameters()), *flags)
 
 
+def test_sage_impl_reaches_the_wrapper():
+    params = list(torch.nn.Linear(3, 2).parameters())
+    assert build(params, "--sage-base", "nag").optimizer.impl == "auto"
+    assert build(params, "--sage-base", "nag", "--sage-impl", "foreach").optimizer.impl == "foreach"
+
+
+def test_sage_impl_rejects_unknown_values(capsys):
+    with pytest.raises(SystemExit):
+        build(list(torch.nn.Linear(3, 2).parameters()), "--sage-base", "nag", "--sage-impl", "compiled")
+    assert "--sage-impl: invalid choice: 'compiled' (choose from 'auto', 'foreach', 'cpp')" in capsys.readouterr().err
+
+
+def test_sage_impl_cpp_without_the_kernel_is_one_clear_error(monkeypatch):
+    import fairseq_sage.fairseq.wrapper as plugin
+    import fairseq_sage.optim.wrapper as wrapper
+
+    for module in (plugin, wrapper):
+        monkeypatch.setattr(module, "cpp_kernel_error", lambda: "no C++ compiler found")
+    message = "--sage-impl cpp: no C++ compiler found; use --sage-impl auto or foreach"
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        build(list(torch.nn.Linear(3, 2).parameters()), "--sage-base", "nag", "--sage-impl", "cpp")
+
+
 def rms(x):
     return x.pow(2).mean().sqrt().item()
 

@@ -3,7 +3,8 @@
 fairseq builds the base optimizer with its own class from ``OPTIMIZER_REGISTRY`` and its own flags
 (``--momentum`` for nag, ``--adafactor-eps``, ``--clip-threshold`` ... for adafactor); the plugin
 wraps that optimizer's torch optimizer in :class:`fairseq_sage.optim.wrapper.SAGE`. SAGE adds
-``--sage-beta0``, ``--sage-eps``, ``--sage-params`` and ``--no-sage-diagnostics``, as for adam_sage.
+``--sage-beta0``, ``--sage-eps``, ``--sage-params`` and ``--no-sage-diagnostics``, as for adam_sage,
+and ``--sage-impl`` (the wrapper's ``impl``: auto, foreach or cpp).
 
 How the base's flags reach it: ``sage`` is registered without a dataclass, so fairseq parses the
 flags :meth:`FairseqSAGE.add_args` declares and hands the optimizer the whole argparse Namespace as
@@ -31,7 +32,10 @@ from fairseq.optim.adamax import Adamax
 from fairseq.optim.nag import NAG
 from omegaconf import OmegaConf
 
-from ..optim.wrapper import SAGE, DecayRule, check_sage_hyperparameters, decoupled, register_decay_rule
+from ..optim.implementations import cpp_kernel_error
+from ..optim.wrapper import (
+    IMPLEMENTATIONS, SAGE, DecayRule, check_sage_hyperparameters, decoupled, register_decay_rule,
+)
 from .errors import SageFlagError
 from .optimizers import (
     NOT_RESUMED, RESET_HINT, SAGE_FLAG_NAMES, SageModulationConfig, _FairseqSAGE, config_value, log_changes,
@@ -144,6 +148,10 @@ class FairseqSAGE(_FairseqSAGE):
         gen_parser_from_dataclass(parser, SageModulationConfig())
         parser.add_argument("--sage-base", metavar="NAME",
                             help="the fairseq optimizer SAGE modulates: " + ", ".join(wrappable_bases()))
+        parser.add_argument("--sage-impl", choices=IMPLEMENTATIONS, default="auto",
+                            help="how the modulation is computed: auto (default) the fused C++ kernel "
+                            "for CPU tensors it can take, foreach elsewhere; foreach; cpp (an error "
+                            "where the kernel cannot be built)")
         for name in wrappable_bases():
             base_flags(name, parser)
 
@@ -189,7 +197,9 @@ class FairseqSAGE(_FairseqSAGE):
         except (ImportError, ValueError) as err:
             raise SageFlagError(f"--sage-base {name} cannot be built: {err}")
         try:
-            return SAGE(self.base.optimizer, self.cfg.sage_beta0, self.cfg.sage_eps,
-                        params=groups[0]["params"], check_finite=False)
+            return SAGE(self.base.optimizer, self.cfg.sage_beta0, self.cfg.sage_eps, params=groups[0]["params"],
+                        check_finite=False, impl=config_value(self.cfg, "sage_impl", "auto"))
+        except RuntimeError:  # impl "cpp" where the kernel cannot be built
+            raise SageFlagError(f"--sage-impl cpp: {cpp_kernel_error()}; use --sage-impl auto or foreach") from None
         except ValueError as err:
             raise SageFlagError(f"--sage-base {name}: {err}")
