@@ -14,8 +14,11 @@ import time
 import pytest
 
 from conftest import REPO
-from study_helpers import TINY_FLAGS, bleu, check_ok, fabricate_study, needs_real_data, real_subset, run_study  # noqa: F401
-from studies.multi30k import budget, converged_report, plan, stats
+from study_helpers import (  # noqa: F401  (real_subset: a fixture)
+    TINY_FLAGS, bleu, check_ok, fabricate_study, needs_real_data, real_subset, run_study, write_run,
+)
+from studies.multi30k import budget, converged_report, plan, progress, stats
+from studies.multi30k.settings import read_settings
 from studies.multi30k.train_log import parse_train_log
 
 CONVERGED_MICRO = {
@@ -226,6 +229,29 @@ def test_widening_adds_an_lr_beyond_a_best_at_the_edge(tmp_path, capsys):
     assert "adam-lr3e-3-seed1 adam 3e-3 - 1" in capsys.readouterr().out
     assert plan.main(["widen", str(tmp_path / "work")]) == 1  # their scores are pending
     assert "no validation BLEU yet for adam-lr3e-3-seed1" in capsys.readouterr().err
+
+
+def test_progress_names_the_widening_a_best_lr_at_an_edge_makes_likely(tmp_path):
+    workdir = tmp_path / "work"
+    scores = {"adam-lr1e-3-seed1": (30.0, 4.0), "adam-lr2e-3-seed1": (31.0, 4.2),  # best at the top
+              "adam_sage-lr2e-3-b0.6-seed1": (29.0, 4.0)}  # the other Adam-SAGE runs still train
+    fabricate_study(workdir, scores, {})
+    with (workdir / "study.env").open("a") as env:
+        env.write("MAX_WIDEN=1\nJOBS=2\n")
+    # no run has a wall time: the constants' rate, 600 × (0.55 + 8 / 130) s = 0.1 h
+    assert progress.widening_note(workdir, read_settings(workdir)) == (
+        "not counted yet: the best lr scored so far is the top of Adam's grid (lr 2e-3) and the bottom of "
+        "Adam-SAGE's grid (lr 2e-3); widening adds 1 to Adam's and 2 to Adam-SAGE's (training runs of about "
+        "0.1 h at this rate)")
+    # Adam's grid widened once (MAX_WIDEN=1): 2e-3 is no edge and no more lrs may come; Adam-SAGE's best
+    # is now 5e-3 at β0 0.9, the top of its grid
+    (workdir / "widened.json").write_text('{"ADAM_LRS": ["3e-3"]}')
+    write_run(workdir, "adam_sage-lr5e-3-b0.9-seed1", 4.0, {"valid": 29.5})
+    assert progress.widening_note(workdir, read_settings(workdir)) == (
+        "not counted yet: the best lr scored so far is the top of Adam-SAGE's grid (lr 5e-3); widening adds "
+        "2 to Adam-SAGE's (training runs of about 0.1 h at this rate)")
+    (workdir / "widened.json").write_text('{"ADAM_LRS": ["3e-3"], "SAGE_LRS": ["8e-3"]}')
+    assert progress.widening_note(workdir, read_settings(workdir)) is None
 
 
 def test_converged_report_of_a_running_study_shows_the_scored_grid_runs_and_no_verdict(tmp_path):

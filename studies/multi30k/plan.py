@@ -20,7 +20,7 @@ import json
 import sys
 from itertools import zip_longest
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from .results import best_runs, read_run, selection_rule
 from .runs import LABELS, Run, grid_runs, seed_runs
@@ -59,22 +59,32 @@ def next_lr(lrs: List[str], best: str) -> str:
     return lr_name(values[0] - step if values[0] - step > 0 else values[0] / 2)
 
 
+def widened_lrs(workdir: Path) -> Dict[str, List[str]]:
+    """The lrs widening added so far, by settings key (WORKDIR/widened.json)."""
+    path = workdir / WIDENED_FILE
+    return read_json(path) if path.is_file() else {}
+
+
+def edge(run: Run, settings: StudySettings, widened: Dict[str, List[str]]) -> Optional[str]:
+    """"top" or "bottom" where ``run``'s lr is the highest or lowest of its optimizer's grid and
+    MAX_WIDEN allows one more lr beyond it, else None."""
+    key = LR_KEYS[run.optimizer]
+    if len(widened.get(key, [])) >= settings.integer("MAX_WIDEN"):
+        return None
+    lrs = [float(lr) for lr in settings.words(key)]
+    return {min(lrs): "bottom", max(lrs): "top"}.get(float(run.lr))
+
+
 def widen(workdir: Path, settings: StudySettings) -> List[Run]:
     """The new grid runs of the lrs added where a best run lies at an edge; records them in widened.json."""
     best = select(workdir, settings)
-    path = workdir / WIDENED_FILE
-    widened = read_json(path) if path.is_file() else {}
-    added = []
-    for optimizer, run in best.items():
-        key = LR_KEYS[optimizer]
-        lrs = settings.words(key)
-        at_edge = float(run.lr) in (min(map(float, lrs)), max(map(float, lrs)))
-        if at_edge and len(widened.get(key, [])) < settings.integer("MAX_WIDEN"):
-            widened.setdefault(key, []).append(next_lr(list(lrs), run.lr))
-            added.append(key)
+    widened = widened_lrs(workdir)
+    added = [(LR_KEYS[opt], run) for opt, run in best.items() if edge(run, settings, widened)]
     if not added:
         return []
-    write_if_changed(path, json.dumps(widened, indent=2) + "\n")
+    for key, run in added:
+        widened.setdefault(key, []).append(next_lr(list(settings.words(key)), run.lr))
+    write_if_changed(workdir / WIDENED_FILE, json.dumps(widened, indent=2) + "\n")
     wider = read_settings(workdir)
     return [run for run in grid_runs(wider) if run not in grid_runs(settings)]
 

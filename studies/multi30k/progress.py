@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .results import best_runs, collect
-from .runs import OPTIMIZERS, Run, grid_runs, seed_runs
+from .plan import edge, widened_lrs
+from .results import best_runs, collect, rank
+from .runs import LABELS, OPTIMIZERS, Run, grid_runs, seed_runs
 from .settings import StudyError, StudySettings, read_settings, run_cli, write_atomically
 from .train_log import read_train_log
 
@@ -77,7 +78,7 @@ def planned_runs(workdir: Path, settings: StudySettings) -> List[Planned]:
 def seconds_per_update(workdir: Path, settings: StudySettings) -> float:
     """Wall seconds per update of this study's finished runs (validations included), per process;
     before any, the constants (for the whole machine, whatever JOBS)."""
-    results = [r for r in collect(workdir, settings).values() if r.finished and r.updates]
+    results = [r for r in collect(workdir, settings).values() if r.finished and r.updates and r.wall_seconds]
     if results:
         return sum(r.wall_seconds for r in results) / sum(r.updates for r in results) / settings.integer("JOBS")
     return SECONDS_PER_UPDATE + SECONDS_PER_VALIDATION / UPDATES_PER_EPOCH
@@ -95,6 +96,35 @@ def remaining_seconds(workdir: Path, settings: StudySettings) -> float:
     if not (workdir / ".steps" / "report.done").is_file():
         seconds += (tests + pruning) * SECONDS_PER_DECODE
     return seconds
+
+
+def likely_widenings(workdir: Path, settings: StudySettings) -> List[Run]:
+    """Each optimizer's best grid run scored so far where its lr is an edge of the grid that may still
+    widen (:func:`studies.multi30k.plan.edge`): the grid gains an lr beyond it unless a run still
+    training beats it. The time left does not count these runs, which are not planned yet."""
+    results = collect(workdir, settings)
+    widened = widened_lrs(workdir)
+    likely = []
+    for optimizer in OPTIMIZERS:
+        scored = [run for run in grid_runs(settings) if run.optimizer == optimizer and results[run].valid_bleu is not None]
+        best = max(scored, key=lambda run: rank(results[run]), default=None)
+        if best is not None and edge(best, settings, widened):
+            likely.append(best)
+    return likely
+
+
+def widening_note(workdir: Path, settings: StudySettings) -> Optional[str]:
+    """The progress line on :func:`likely_widenings`, None where there are none."""
+    likely = likely_widenings(workdir, settings)
+    if not likely:
+        return None
+    edges = " and ".join(f"the {edge(run, settings, widened_lrs(workdir))} of {LABELS[run.optimizer]}'s grid "
+                         f"(lr {run.lr})" for run in likely)
+    added = [1 if run.optimizer == "adam" else len(settings.sage_beta0s) for run in likely]
+    runs = " and ".join(f"{count} to {LABELS[run.optimizer]}'s" for count, run in zip(added, likely))
+    hours = (budget_of(settings) or EXPECTED_BUDGET) * seconds_per_update(workdir, settings) / 3600
+    return (f"not counted yet: the best lr scored so far is {edges}; widening adds {runs} "
+            f"({'a training run' if sum(added) == 1 else 'training runs'} of about {hours:.1f} h at this rate)")
 
 
 def estimate(settings: StudySettings) -> str:
@@ -131,8 +161,10 @@ def progress(workdir: Path) -> str:
     lines = [f"# Progress of {workdir}", "", f"Updated {time.strftime('%Y-%m-%d %H:%M:%S')}.", "",
              f"- training runs done: {len(done)} of {len(runs)}; remaining: {len(runs) - len(done)}",
              f"- time left: about {left / 3600:.1f} h (ETA {eta}), at "
-             f"{seconds_per_update(workdir, settings):.2f} s per update", f"- estimate: {estimate(settings)}",
-             "", "| run | state | updates |", "| --- | --- | --- |"]  # fmt: skip
+             f"{seconds_per_update(workdir, settings):.2f} s per update"]
+    note = widening_note(workdir, settings)
+    lines += [f"- {note}"] if note else []
+    lines += [f"- estimate: {estimate(settings)}", "", "| run | state | updates |", "| --- | --- | --- |"]
     for run in runs:
         state = "done" if run.done else "pending"
         updates = run.updates_done

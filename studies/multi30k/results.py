@@ -94,6 +94,12 @@ def read_run(workdir: Path, run: Run, model: str = BEST_MODEL) -> RunResult:
     )
 
 
+def rank(result: RunResult) -> tuple:
+    """The selection's order of scored runs: validation BLEU, then the lower best validation loss."""
+    loss = result.best_valid_loss
+    return (result.valid_bleu, -(math.inf if loss is None else loss))
+
+
 def best_runs(results: Dict[Run, RunResult], settings: StudySettings) -> Dict[str, Run]:
     """Each optimizer's grid run of highest validation BLEU (ties: lower best validation loss).
 
@@ -102,12 +108,8 @@ def best_runs(results: Dict[Run, RunResult], settings: StudySettings) -> Dict[st
     pending = [run.name for run in grid if results[run].valid_bleu is None]
     if pending:
         raise StudyError(f"no validation BLEU yet for {', '.join(pending)}; run the study's grid first")
-
-    def rank(run: Run):
-        loss = results[run].best_valid_loss
-        return (results[run].valid_bleu, -(math.inf if loss is None else loss))
-
-    return {opt: max((run for run in grid if run.optimizer == opt), key=rank) for opt in OPTIMIZERS}
+    return {opt: max((run for run in grid if run.optimizer == opt), key=lambda run: rank(results[run]))
+            for opt in OPTIMIZERS}
 
 
 def collect(workdir: Path, settings: StudySettings) -> Dict[Run, RunResult]:
