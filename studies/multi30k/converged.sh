@@ -164,11 +164,7 @@ if [[ $FOREGROUND == 0 ]]; then
     exit 0
 fi
 BUDGET_THREADS=${OMP_NUM_THREADS:-$(nproc)}  # the budget run is the only one running: every core
-ALONE_THREADS=""
-if [[ $JOBS -gt 1 && -z ${OMP_NUM_THREADS:-} ]]; then
-    export OMP_NUM_THREADS=$(($(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1))
-    ALONE_THREADS=$(nproc)  # run_all: the last runs of a stage, fewer than JOBS, share every core
-fi
+share_cores
 export PYTHON WORKERS WARMUP_UPDATES MAX_TOKENS MAX_TRAIN_LINES MAX_TEST_LINES SPM_VOCAB_SIZE
 export EPOCH_CHECKPOINTS=1
 STUDY_TRAIN_FLAGS=(--log-interval "$LOG_INTERVAL" --keep-last-epochs "$AVERAGE_LAST" --eval-bleu

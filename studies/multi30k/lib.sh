@@ -204,6 +204,19 @@ report_inputs_digest() {
     )
 }
 
+# share_cores: with JOBS > 1 and no OMP_NUM_THREADS, each of the JOBS runs at once gets nproc / JOBS
+# threads (OMP_NUM_THREADS, exported) and ALONE_THREADS=nproc goes to run_all's leftover runs; else
+# ALONE_THREADS is empty. nproc is read once, before the export: GNU nproc reports OMP_NUM_THREADS.
+share_cores() {
+    ALONE_THREADS=""
+    if [[ $JOBS -gt 1 && -z ${OMP_NUM_THREADS:-} ]]; then
+        local cores
+        cores=$(nproc)
+        export OMP_NUM_THREADS=$((cores / JOBS > 0 ? cores / JOBS : 1))
+        ALONE_THREADS=$cores
+    fi
+}
+
 # run_all STAGE: process_run STAGE LINE for each `NAME OPTIMIZER LR BETA0 SEED` line of stdin, JOBS
 # at a time (process_run and run_finished are the caller's). The runs that run_finished says are
 # finished go first, one at a time (their steps are skipped). With ALONE_THREADS set, the runs left
