@@ -371,6 +371,19 @@ def test_run_all_stops_with_one_line_when_a_run_fails_after_all_have_ended(tmp_p
         "error: a run of the grid failed; its error is above, its logs in /nowhere/runs/RUN/logs")
 
 
+def test_a_failed_study_can_be_rerun_at_once(tmp_path):
+    # the progress refresher's sleep outlives the failed study by up to PROGRESS_INTERVAL: holding
+    # the lock, it made the rerun say "a study is already running"
+    env = {**CONVERGED_MICRO, "PROGRESS_INTERVAL": "60"}
+    (tmp_path / "empty").mkdir()  # no Multi30k files: the data preparation fails, after the refresher started
+    args = ["--converged", "--foreground", "--data", tmp_path / "empty", tmp_path / "work"]
+    first = run_study(*args, env=env)
+    second = run_study(*args, env=env)
+    assert first.returncode != 0 and second.returncode != 0
+    assert "already running" not in second.stdout + second.stderr
+    assert "the step above failed" in second.stderr and second.stderr.splitlines()[-1] == first.stderr.splitlines()[-1]
+
+
 def test_bad_converged_settings_stop_with_one_line(tmp_path):
     cases = {
         "PROGRESS_INTERVAL=often": "error: PROGRESS_INTERVAL=often: must be a positive integer",

@@ -173,8 +173,9 @@ STUDY_TRAIN_FLAGS=(--log-interval "$LOG_INTERVAL" --keep-last-epochs "$AVERAGE_L
 started=$SECONDS
 log "started (pid $$) with $JOBS run(s) at a time"
 # progress.md is also refreshed every PROGRESS_INTERVAL seconds, so that it shows the running runs'
-# updates; the refresher is no job of this shell (run_all counts those) and ends with it
-(while sleep "$PROGRESS_INTERVAL" && kill -0 $$ 2>/dev/null; do study_python progress "$WORKDIR" || true; done) \
+# updates; the refresher is no job of this shell (run_all counts those), ends with it and does not
+# hold the lock (fd 9), which its sleep would otherwise keep for up to PROGRESS_INTERVAL after a failure
+(exec 9>&-; while sleep "$PROGRESS_INTERVAL" && kill -0 $$ 2>/dev/null; do study_python progress "$WORKDIR" || true; done) \
     </dev/null >/dev/null 2>&1 &
 refresher=$!
 disown "$refresher"
