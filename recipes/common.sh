@@ -4,7 +4,7 @@
 #
 # Environment read here:
 #   PYTHON          interpreter with this project's dependencies (default: python)
-#   WORKERS         processes for tokenizing, BPE and fairseq-preprocess (default: nproc)
+#   WORKERS         processes for tokenizing, BPE and fairseq-preprocess (default: the cores)
 #   SUBWORD_METHOD  bpe (subword-nmt, default) or sentencepiece
 #
 # Every step runs through `run_step NAME FUNCTION [SETTINGS]`: a step whose marker
@@ -15,7 +15,14 @@
 RECIPES_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(dirname "$RECIPES_DIR")"
 PYTHON="${PYTHON:-python}"
-WORKERS="${WORKERS:-$(nproc 2>/dev/null || echo 1)}"
+
+# cores: the CPU cores this process may use. GNU nproc reports OMP_NUM_THREADS (or OMP_THREAD_LIMIT)
+# where one is set, which is a thread count, not the cores.
+cores() {
+    env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || echo 1
+}
+
+WORKERS="${WORKERS:-$(cores)}"
 SUBWORD_METHOD="${SUBWORD_METHOD:-bpe}"
 
 # clear_progress_line FD: where run.sh redraws a progress line (PROGRESS_LINE=1) on the terminal FD,

@@ -353,15 +353,16 @@ def test_run_all_gives_the_cores_of_a_partial_last_round_to_its_runs_after_the_o
 @pytest.mark.parametrize("jobs, omp", [(2, None), (2, 3), (1, None)])
 def test_share_cores_gives_each_run_its_share_and_the_leftover_runs_every_core(jobs, omp):
     # GNU nproc reports OMP_NUM_THREADS where it is set: read after the export, it gave the runs
-    # run_all leaves over 1 thread (OMP_NUM_THREADS) instead of every core
+    # run_all leaves over 1 thread (OMP_NUM_THREADS) instead of every core, and WORKERS (the
+    # preprocessing's processes) followed a user's OMP_NUM_THREADS
     cores = len(os.sched_getaffinity(0))
-    environment = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_THREAD_LIMIT")}
-    script = (POOL + f"JOBS={jobs}\n" + (f"export OMP_NUM_THREADS={omp}\n" if omp else "") + "share_cores\n"
-              'echo "${OMP_NUM_THREADS:-unset} ${ALONE_THREADS:-none}"\n')
+    environment = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_THREAD_LIMIT", "WORKERS")}
+    environment.update({"OMP_NUM_THREADS": str(omp)} if omp else {})
+    script = POOL + f"JOBS={jobs}\nshare_cores\n" + 'echo "$WORKERS ${OMP_NUM_THREADS:-unset} ${ALONE_THREADS:-none}"\n'
     process = subprocess.run(["bash", "-c", script], cwd=REPO, env=environment, capture_output=True, text=True)
     assert process.returncode == 0, process.stderr
     expected = {(2, None): f"{max(cores // 2, 1)} {cores}", (2, 3): "3 none", (1, None): "unset none"}
-    assert process.stdout.splitlines()[-1] == expected[jobs, omp]
+    assert process.stdout.splitlines()[-1] == f"{cores} {expected[jobs, omp]}"
 
 
 def test_run_all_stops_with_one_line_when_a_run_fails_after_all_have_ended(tmp_path):

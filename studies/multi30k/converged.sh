@@ -33,7 +33,7 @@
 #   AVERAGE_LAST [5]  epoch checkpoints averaged   MAX_TOKENS [4096]  WARMUP_UPDATES [200]  LOG_INTERVAL [25]
 #   MAX_TRAIN_LINES, MAX_TEST_LINES, SPM_VOCAB_SIZE, PRUNE_*, RESULTS_DOC: as in run_study.sh
 #   PROGRESS_INTERVAL [300]  seconds between two refreshes of WORKDIR/progress.md (also at each run's end)
-#   JOBS [2]  runs at once; with JOBS > 1 and no OMP_NUM_THREADS, each gets nproc / JOBS threads
+#   JOBS [2]  runs at once; with JOBS > 1 and no OMP_NUM_THREADS, each gets cores / JOBS threads
 #             (the budget run, which runs alone, gets every core, and so do the last runs of a
 #             stage that holds fewer than JOBS of them: they wait for the others, then share them)
 set -euo pipefail
@@ -163,7 +163,7 @@ if [[ $FOREGROUND == 0 ]]; then
         "$WORKDIR/progress.md; run the same command again to resume it after an interruption"
     exit 0
 fi
-BUDGET_THREADS=${OMP_NUM_THREADS:-$(nproc)}  # the budget run is the only one running: every core
+BUDGET_THREADS=${OMP_NUM_THREADS:-$(cores)}  # the budget run is the only one running: every core
 share_cores
 export PYTHON WORKERS WARMUP_UPDATES MAX_TOKENS MAX_TRAIN_LINES MAX_TEST_LINES SPM_VOCAB_SIZE
 export EPOCH_CHECKPOINTS=1

@@ -204,16 +204,16 @@ report_inputs_digest() {
     )
 }
 
-# share_cores: with JOBS > 1 and no OMP_NUM_THREADS, each of the JOBS runs at once gets nproc / JOBS
-# threads (OMP_NUM_THREADS, exported) and ALONE_THREADS=nproc goes to run_all's leftover runs; else
-# ALONE_THREADS is empty. nproc is read once, before the export: GNU nproc reports OMP_NUM_THREADS.
+# share_cores: with JOBS > 1 and no OMP_NUM_THREADS, each of the JOBS runs at once gets cores / JOBS
+# threads (OMP_NUM_THREADS, exported) and ALONE_THREADS, every core, goes to run_all's leftover
+# runs; else ALONE_THREADS is empty.
 share_cores() {
     ALONE_THREADS=""
     if [[ $JOBS -gt 1 && -z ${OMP_NUM_THREADS:-} ]]; then
-        local cores
-        cores=$(nproc)
-        export OMP_NUM_THREADS=$((cores / JOBS > 0 ? cores / JOBS : 1))
-        ALONE_THREADS=$cores
+        local count
+        count=$(cores)
+        export OMP_NUM_THREADS=$((count / JOBS > 0 ? count / JOBS : 1))
+        ALONE_THREADS=$count
     fi
 }
 
