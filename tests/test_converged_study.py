@@ -140,11 +140,13 @@ def test_converged_study_budget_averaging_scores_and_statistics(converged_study)
         assert 0 <= paired[1]["BLEU"]["p_value"] <= 1 and paired[0]["system"].startswith("Baseline")
         assert summary["paired_bootstrap_p"][test] == paired[1]["BLEU"]["p_value"]
     assert summary["cost"]["adam"]["mult_mean"] == 1.0 and 0 < summary["cost"]["adam_sage"]["mult_mean"]
+    assert summary["cost"]["adam"]["runs"] == summary["cost"]["adam_sage"]["runs"] == 2
 
     text = doc.read_text()
     assert text.startswith("# Multi30k De→En: Adam vs Adam-SAGE\n\n<!-- converged study")
     assert text.rstrip().endswith("the short-budget report")  # the short-budget report is kept
     assert "**Complete:**" in text
+    assert "| Adam | 1e-3 | – | 2 of 2 | 1.000 | 1.00e-03 |" in text  # the seeds the cost row averages
     for test in ("test2016", "test2017"):
         assert re.search(rf"^- {test}: Adam-SAGE [+-]\d+\.\d\d ± \d+\.\d\d BLEU .*, (not )?significant; "
                          r"paired bootstrap of the best seed pair: p = 0\.\d{4}\.$", text, re.M), text

@@ -106,7 +106,8 @@ class ConvergedStudy(Study):
         results = [self.results[run] for run in self.final_runs(optimizer) if self.results[run].finished]
         wps = [r["wps"] for res in results for r in res.log.epochs if "wps" in r]
         mult = [r["sage_mult_mean"] for res in results for r in res.log.train if "sage_mult_mean" in r]
-        return {"wall_seconds": statistics.fmean([r.wall_seconds for r in results]) if results else None,
+        return {"runs": len(results),
+                "wall_seconds": statistics.fmean([r.wall_seconds for r in results]) if results else None,
                 "wps": statistics.fmean(wps) if wps else None,
                 "mult_mean": statistics.fmean(mult) if mult else (1.0 if optimizer == "adam" and results else None)}
 
@@ -165,12 +166,14 @@ class ConvergedStudy(Study):
             c = self.cost(opt)
             run = self.best[opt]
             effective = None if c["mult_mean"] is None else float(run.lr) * c["mult_mean"]
-            rows.append([LABELS[opt], run.lr, run.beta0 or "–", cell(c["mult_mean"], ".3f"),
-                         cell(effective, ".2e"), cell(c["wall_seconds"], ".0f"), cell(c["wps"], ".0f")])
-        return ("### Cost and step size\n\nAt each best setting, over its seeds: the mean lr multiplier "
-                "(`sage_mult_mean` of the train logs; 1 for Adam), the effective lr (lr × multiplier), "
+            rows.append([LABELS[opt], run.lr, run.beta0 or "–", f"{c['runs']} of {len(self.final_runs(opt))}",
+                         cell(c["mult_mean"], ".3f"), cell(effective, ".2e"), cell(c["wall_seconds"], ".0f"),
+                         cell(c["wps"], ".0f")])
+        return ("### Cost and step size\n\nAt each best setting, over its seeds trained so far: the mean lr "
+                "multiplier (`sage_mult_mean` of the train logs; 1 for Adam), the effective lr (lr × multiplier), "
                 "training wall time per run and target words/s.\n\n"
-                + table(["optimizer", "lr", "β0", "mean multiplier", "effective lr", "wall (s)", "words/s"], rows))
+                + table(["optimizer", "lr", "β0", "seeds", "mean multiplier", "effective lr", "wall (s)", "words/s"],
+                        rows))
 
     def design(self) -> str:
         v = self.value
