@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from .plan import edge, widened_lrs
 from .results import best_runs, collect, rank
@@ -98,18 +98,19 @@ def remaining_seconds(workdir: Path, settings: StudySettings) -> float:
     return seconds
 
 
-def likely_widenings(workdir: Path, settings: StudySettings) -> List[Run]:
-    """Each optimizer's best grid run scored so far where its lr is an edge of the grid that may still
-    widen (:func:`studies.multi30k.plan.edge`): the grid gains an lr beyond it unless a run still
-    training beats it. The time left does not count these runs, which are not planned yet."""
+def likely_widenings(workdir: Path, settings: StudySettings) -> List[Tuple[Run, str]]:
+    """Each optimizer's best grid run scored so far, with its edge, where its lr is an edge of the grid
+    that may still widen (:func:`studies.multi30k.plan.edge`): the grid gains an lr beyond it unless a
+    run still training beats it. The time left does not count these runs, which are not planned yet."""
     results = collect(workdir, settings)
     widened = widened_lrs(workdir)
     likely = []
     for optimizer in OPTIMIZERS:
         scored = [run for run in grid_runs(settings) if run.optimizer == optimizer and results[run].valid_bleu is not None]
         best = max(scored, key=lambda run: rank(results[run]), default=None)
-        if best is not None and edge(best, settings, widened):
-            likely.append(best)
+        side = edge(best, settings, widened) if best is not None else None
+        if side:
+            likely.append((best, side))
     return likely
 
 
@@ -118,10 +119,9 @@ def widening_note(workdir: Path, settings: StudySettings) -> Optional[str]:
     likely = likely_widenings(workdir, settings)
     if not likely:
         return None
-    edges = " and ".join(f"the {edge(run, settings, widened_lrs(workdir))} of {LABELS[run.optimizer]}'s grid "
-                         f"(lr {run.lr})" for run in likely)
-    added = [1 if run.optimizer == "adam" else len(settings.sage_beta0s) for run in likely]
-    runs = " and ".join(f"{count} to {LABELS[run.optimizer]}'s" for count, run in zip(added, likely))
+    edges = " and ".join(f"the {side} of {LABELS[run.optimizer]}'s grid (lr {run.lr})" for run, side in likely)
+    added = [1 if run.optimizer == "adam" else len(settings.sage_beta0s) for run, _ in likely]
+    runs = " and ".join(f"{count} to {LABELS[run.optimizer]}'s" for count, (run, _) in zip(added, likely))
     hours = (budget_of(settings) or EXPECTED_BUDGET) * seconds_per_update(workdir, settings) / 3600
     return (f"not counted yet: the best lr scored so far is {edges}; widening adds {runs} "
             f"({'a training run' if sum(added) == 1 else 'training runs'} of about {hours:.1f} h at this rate)")
