@@ -2,6 +2,7 @@
 lines (started in the background, killed during a grid run, resumed), and its budget rule, statistics
 and grid widening on constructed inputs."""
 
+import io
 import json
 import math
 import os
@@ -9,6 +10,7 @@ import re
 import signal
 import statistics
 import subprocess
+import tarfile
 import time
 
 import pytest
@@ -42,13 +44,15 @@ def wait_for(condition, timeout, what):
 @pytest.fixture(scope="module")
 def converged_study(real_subset, tmp_path_factory):
     """A micro converged study started in the background, killed during its second grid run, then
-    resumed in the foreground: (WORKDIR, doc, the launcher's output, the resumed output, the files
-    of the first grid run before the kill with their mtimes)."""
+    resumed in the foreground, keeping its runs' records in records/ beside WORKDIR: (WORKDIR, doc, the
+    launcher's output, the resumed output, the files of the first grid run before the kill with their
+    mtimes)."""
     root = tmp_path_factory.mktemp("converged")
     (root / "docs").mkdir()
     doc = root / "docs" / "results.md"
     doc.write_text("# Multi30k De→En: Adam vs Adam-SAGE\n\nthe short-budget report\n")
-    env = {**CONVERGED_MICRO, "RESULTS_DOC": str(doc), "MULTI30K_SHA256SUMS": str(real_subset / "SHA256SUMS")}
+    env = {**CONVERGED_MICRO, "RESULTS_DOC": str(doc), "MULTI30K_SHA256SUMS": str(real_subset / "SHA256SUMS"),
+           "RECORDS": str(root / "records")}
     workdir = root / "work"
     args = ["--converged", "--data", real_subset, workdir, "--", *TINY_FLAGS]
     launcher = check_ok(run_study(*args, env=env))
@@ -153,8 +157,70 @@ def test_converged_study_budget_averaging_scores_and_statistics(converged_study)
     for name in ("budget.png", "validation_curves.png", "sage_multiplier.png", "beta0_lr_heatmap.png", "pruning.png"):
         assert (workdir / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"](figures/multi30k/converged/{name})" in text
-    for optimizer in ("adam", "adam_sage"):
-        assert (workdir / "analysis" / optimizer / "pruning_bleu.csv").is_file()
+    for optimizer, runs in CONVERGED_RUNS.items():  # every seed's averaged model is pruned
+        for run in runs:
+            rows = (workdir / "runs" / run / "analysis" / "pruning_bleu.csv").read_text().splitlines()
+            assert rows[0].startswith("prune_percent") and len(rows) == 3  # PRUNE_LEVELS=0,20
+
+
+def record_members(path):
+    with tarfile.open(path) as tar:
+        return tar.getnames()
+
+
+@needs_real_data
+def test_a_new_workdir_restores_the_runs_from_their_records_and_trains_what_a_record_lacks(
+        converged_study, real_subset, tmp_path):
+    workdir, _, _, _, _ = converged_study
+    records = workdir.parent / "records"
+    names = [run for runs in CONVERGED_RUNS.values() for run in runs]
+    assert sorted(p.name for p in records.iterdir()) == sorted(f"{name}.tar.gz" for name in names)
+    for name in names:
+        path = records / f"{name}.tar.gz"
+        assert path.stat().st_mode & 0o777 == 0o644
+        members = record_members(path)
+        optimizer = name.split("-")[0]
+        assert not [m for m in members if m.endswith(".pt")]  # no checkpoint
+        for member in (f".steps/{name}.pruning.done", f"checkpoints/{optimizer}/train.log",
+                       f"eval/{optimizer}/checkpoint_avg/test2016.hyp", "analysis/pruning_bleu.csv"):
+            assert member in members, (name, members)
+    # the first seed's record as a study interrupted after the grid leaves it: no test scores yet
+    retrained = CONVERGED_RUNS["adam"][0]
+    with tarfile.open(records / f"{retrained}.tar.gz") as tar:
+        kept = [m for m in tar.getmembers() if not re.search(r"\.(test|pruning)\.done$|^eval/adam/checkpoint_avg/test|"
+                                                                r"^eval/adam/test|^analysis/", m.name)]
+        files = {m.name: tar.extractfile(m).read() for m in kept}
+    with tarfile.open(records / f"{retrained}.tar.gz", "w:gz") as tar:
+        for member in kept:
+            tar.addfile(member, io.BytesIO(files[member.name]))
+    restored = set(names) - {retrained}
+    before = {name: (records / f"{name}.tar.gz").read_bytes() for name in restored}
+
+    fresh = tmp_path / "work"
+    budget_updates = json.loads((workdir / "budget.json").read_text())["budget"]
+    env = {**CONVERGED_MICRO, "BUDGET": str(budget_updates), "RECORDS": str(records),
+           "RESULTS_DOC": str(tmp_path / "results.md"), "MULTI30K_SHA256SUMS": str(real_subset / "SHA256SUMS")}
+    out = check_ok(run_study("--converged", "--foreground", "--data", real_subset, fresh, "--", *TINY_FLAGS, env=env))
+    assert f"budget: {budget_updates} updates per run, given (BUDGET)" in out.stdout
+    assert not (fresh / "runs" / "budget").exists()  # BUDGET: no budget run
+    assert re.search(rf"estimate: 2 grid runs \+ 2 more seeds = 4 training runs, {budget_updates} updates each "
+                     r"\(BUDGET\)", (fresh / "progress.md").read_text())
+    for name in names:
+        assert f"{name}: restored from {records}/{name}.tar.gz" in out.stdout, out.stdout
+        assert (fresh / "runs" / name / "logs" / "train.out").is_file() == (name == retrained)
+    assert {name: (records / f"{name}.tar.gz").read_bytes() for name in restored} == before
+    assert f".steps/{retrained}.pruning.done" in record_members(records / f"{retrained}.tar.gz")  # recorded anew
+
+    old = json.loads((workdir / "results" / "summary.json").read_text())["statistics"]
+    new = json.loads((fresh / "results" / "summary.json").read_text())["statistics"]
+    for key, entry in old.items():
+        for optimizer, runs in CONVERGED_RUNS.items():
+            for run in runs:
+                if run in restored:
+                    seed = run[-1]
+                    assert new[key]["per_seed"][optimizer][seed] == entry["per_seed"][optimizer][seed]
+    assert "**Complete:**" in (tmp_path / "results.md").read_text()
+    assert (fresh / "figures" / "pruning.png").is_file()
 
 
 def test_t_interval_and_paired_difference_follow_the_formulas():
@@ -392,6 +458,7 @@ def test_bad_converged_settings_stop_with_one_line(tmp_path):
         "PROGRESS_INTERVAL=often": "error: PROGRESS_INTERVAL=often: must be a positive integer",
         "BUDGET_TAIL=1.5": "error: BUDGET_TAIL=1.5: give a fraction in (0, 1) like 0.2",
         "JOBS=0": "error: JOBS=0: must be a positive integer",
+        "BUDGET=2k": "error: BUDGET=2k: must be a positive integer",
     }
     for setting, message in cases.items():
         key, value = setting.split("=", 1)

@@ -9,6 +9,7 @@ pending; no number is written for them.
 """
 
 import json
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ from .plots import save, setting_label
 from .plan import best_seeds
 from .progress import estimate
 from .report import Study, cell, short_budget_verdicts, shown_path, splice_converged, table
-from .results import read_bleu
+from .results import read_bleu, read_pruning
 from .runs import LABELS, OPTIMIZERS, TEST_SETS, Run, seed_runs
 from .settings import BEST_MODEL, BUDGET_FILE, read_json, run_cli, write_atomically
 from .stats import paired_difference, t_interval, verdict
@@ -78,6 +79,13 @@ class ConvergedStudy(Study):
         self.short_budget = short_budget or {}  # {test set: the short-budget study's verdict line}
         self.budget = read_json(workdir / BUDGET_FILE) if (workdir / BUDGET_FILE).is_file() else None
         self.stats = self.statistics() if self.best else {}
+        self.pruning = self.pair_pruning() if self.complete() else {}
+
+    def pair_pruning(self) -> Dict[str, List[Dict[str, float]]]:
+        """The pruning curve of each optimizer's best seed (its run's analysis/pruning_bleu.csv)."""
+        curves = {run.optimizer: read_pruning(run.folder(self.workdir) / "analysis" / "pruning_bleu.csv")
+                  for run in self.pair()}
+        return {optimizer: rows for optimizer, rows in curves.items() if rows is not None}
 
     def final_runs(self, optimizer: str) -> List[Run]:
         return seed_runs(self.best[optimizer], self.settings)
@@ -177,18 +185,28 @@ class ConvergedStudy(Study):
 
     def design(self) -> str:
         v = self.value
-        budget = (f"**{self.budget['budget']} updates**, chosen by the rule: {self.budget['rule']}"
-                  if self.budget else "pending (the budget run has not finished)")
+        if self.settings.values.get("BUDGET"):
+            budget = (f"- **Budget**: **{v('BUDGET')} updates** for every run, given (`BUDGET={v('BUDGET')}`) "
+                      "instead of this study's budget phase.\n")
+        else:
+            chosen = (f"**{self.budget['budget']} updates**, chosen by the rule: {self.budget['rule']}"
+                      if self.budget else "pending (the budget run has not finished)")
+            budget = (f"- **Budget**: Adam at lr {v('BUDGET_LR')} trained for {v('BUDGET_MAX_UPDATE')} updates, "
+                      f"validation BLEU (fairseq `--eval-bleu`, greedy) at each epoch's end; budget: {chosen}. "
+                      "Every later run trains for it.\n")
         return (
             "### Design\n\n"
             f"- **Model and data**: as the short-budget study below (2+2 layers, dimension 128), "
             f"{v('MAX_TOKENS')} tokens per batch, {v('WARMUP_UPDATES')} warm-up updates.\n"
-            f"- **Budget**: Adam at lr {v('BUDGET_LR')} trained for {v('BUDGET_MAX_UPDATE')} updates, validation "
-            f"BLEU (fairseq `--eval-bleu`, greedy) at each epoch's end; budget: {budget}. Every later run "
-            "trains for it.\n"
+            + budget +
             f"- **Models scored**: the average of the last {v('AVERAGE_LAST')} epoch checkpoints "
             "(`fairseq_sage.tools.average_checkpoints`) and `checkpoint_best.pt` (the epoch of highest "
             "validation BLEU); beam 5, sacreBLEU and chrF on test2016 and test2017.\n"
+            f"- **Pruning** (`python -m fairseq_sage.analysis`, docs/analysis.md): every seed's averaged model, "
+            f"sensitivity |θ·g| over {v('PRUNE_BATCHES')} training batches, then BLEU on "
+            f"{SUBSET_NAMES[v('PRUNE_SUBSET')]} after zeroing the {v('PRUNE_LEVELS').replace(',', ', ')} % least "
+            "sensitive non-embedding weights; the figure shows each optimizer's best seed.\n"
+            + (f"- **Tuned by**: {v('TUNED_BY')}\n" if self.settings.values.get("TUNED_BY") else "") +
             f"- **Grid** (seed {self.settings.seeds[0]}): Adam lr ∈ {{{', '.join(self.settings.adam_lrs)}}}; "
             f"Adam-SAGE lr ∈ {{{', '.join(self.settings.sage_lrs)}}} × β0 ∈ {{{', '.join(self.settings.sage_beta0s)}}}; "
             f"a grid whose best lr is at an edge gets one lr beyond it (at most {v('MAX_WIDEN')} times). "
@@ -224,15 +242,22 @@ class ConvergedStudy(Study):
             + self.grid_section().replace("## Grid", "### Grid") + "\n"
             + self.figures_section(figure_folder) + "\n"
             "### How to run\n\n"
-            f"```bash\nbash studies/multi30k/run_study.sh --converged {work}\n```\n\n"
+            f"```bash\n{self.given_settings()}bash studies/multi30k/run_study.sh --converged {work}\n```\n\n"
             "It prints the estimate above and goes to the background; "
             f"`{work}/progress.md` says the runs done and remaining, each run's updates and the ETA, with "
             "the runs a grid's widening will likely add while its best lr so far is at an edge (refreshed "
             f"every 5 minutes, `PROGRESS_INTERVAL=300` seconds, and at each run's end), `{work}/study.log` "
             "holds the output. The same command resumes it after an interruption (finished steps are "
             "skipped, an interrupted run resumes from its last epoch checkpoint) and runs on a GPU "
-            "machine as well.\n"
+            "machine as well. With `RECORDS=DIR`, each finished run also leaves its record in DIR (step "
+            "markers, train log, scores, translations, pruning curve; no checkpoint), from which a study in "
+            "a new work folder restores it instead of training it again.\n"
         )
+
+    def given_settings(self) -> str:
+        """The settings this study was given instead of their defaults, as the command's prefix."""
+        given = [key for key in self.settings.overridden if key != "TUNED_BY"]
+        return "".join(f"{key}={shlex.quote(self.value(key))} " for key in given)
 
     def draw_figures(self) -> List[Path]:
         folder = self.workdir / FIGURES_DIR

@@ -187,11 +187,13 @@ score_sets() {
     quietly "$log_file" bash "$RECIPES_DIR/multi30k/evaluate.sh" "$RUN_DIR" "$RUN_OPTIMIZER" "$@"
 }
 
+# prune_run: the sensitivity analysis and pruning curve of RUN_CHECKPOINT (python -m fairseq_sage.analysis)
+# in the folder PRUNE_DIR, its output in PRUNE_DIR.out.
 prune_run() {
-    quietly "$WORKDIR/analysis/$RUN_OPTIMIZER.out" env PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" \
+    quietly "$PRUNE_DIR.out" env PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" \
         "$PYTHON" -m fairseq_sage.analysis "$WORKDIR/data/data-bin" --path "$RUN_CHECKPOINT" --cpu \
         --prune-levels "$PRUNE_LEVELS" --gen-subset "$PRUNE_SUBSET" --num-batches "$PRUNE_BATCHES" \
-        --post-process sentencepiece --output-dir "$WORKDIR/analysis/$RUN_OPTIMIZER"
+        --post-process sentencepiece --output-dir "$PRUNE_DIR"
 }
 
 # report_inputs_digest: one digest of every file the figures and the report are made from.
@@ -200,7 +202,7 @@ report_inputs_digest() {
         cd "$WORKDIR"
         shopt -s nullglob
         md5sum study.env ./*.json runs/*/checkpoints/*/train.log runs/*/eval/*/*.json \
-            runs/*/eval/*/*/*.json paired/*.json analysis/*/*.csv | md5sum | cut -d' ' -f1
+            runs/*/eval/*/*/*.json paired/*.json analysis/*/*.csv runs/*/analysis/*.csv | md5sum | cut -d' ' -f1
     )
 }
 

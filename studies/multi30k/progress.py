@@ -60,10 +60,16 @@ def budget_of(settings: StudySettings) -> Optional[int]:
     return None if value == "budget" else int(value)
 
 
+def budget_runs(settings: StudySettings) -> int:
+    """1 with a budget phase, 0 where BUDGET gave the budget."""
+    return 0 if settings.values.get("BUDGET") else 1
+
+
 def planned_runs(workdir: Path, settings: StudySettings) -> List[Planned]:
     """The budget run, the grid (as widened so far) and the seeds (placeholders until selection)."""
     budget = budget_of(settings) or EXPECTED_BUDGET
-    runs = [Planned("budget", workdir / "runs" / "budget", "adam", settings.integer("BUDGET_MAX_UPDATE"), 0)]
+    runs = [Planned("budget", workdir / "runs" / "budget", "adam", settings.integer("BUDGET_MAX_UPDATE"), 0)
+            for _ in range(budget_runs(settings))]
     runs += [Planned(run.name, run.folder(workdir), run.optimizer, budget, 1) for run in grid_runs(settings)]
     try:
         best = best_runs(collect(workdir, settings), settings)
@@ -132,17 +138,20 @@ def estimate(settings: StudySettings) -> str:
     grid = len(grid_runs(settings))
     seeds = len(OPTIMIZERS) * (len(settings.seeds) - 1)
     budget = budget_of(settings) or EXPECTED_BUDGET
-    updates = settings.integer("BUDGET_MAX_UPDATE") + (grid + seeds) * budget
+    phase = budget_runs(settings)
+    updates = phase * settings.integer("BUDGET_MAX_UPDATE") + (grid + seeds) * budget
     rate = SECONDS_PER_UPDATE + SECONDS_PER_VALIDATION / UPDATES_PER_EPOCH
     levels = len(settings.values["PRUNE_LEVELS"].split(","))
     decodes = grid + seeds + len(OPTIMIZERS) * len(settings.seeds) * 4 + len(OPTIMIZERS) * levels
-    runs = 1 + grid + seeds
+    runs = phase + grid + seeds
     seconds = updates * rate + decodes * SECONDS_PER_DECODE + runs * SECONDS_PER_RUN
     widening = (1 + len(settings.sage_beta0s)) * (budget * rate + SECONDS_PER_DECODE + SECONDS_PER_RUN)
     chosen = "" if budget_of(settings) else f" (the budget is not chosen yet: {EXPECTED_BUDGET} assumed)"
+    first = (f"1 budget run of {settings.integer('BUDGET_MAX_UPDATE'):,} updates + " if phase else "")
+    each = f"{budget:,} updates each after the budget run" if phase else f"{budget:,} updates each (BUDGET)"
     return (
-        f"1 budget run of {settings.integer('BUDGET_MAX_UPDATE'):,} updates + {grid} grid runs + {seeds} more "
-        f"seeds = {runs} training runs, {budget:,} updates each after the budget run{chosen}: {updates:,} "
+        f"{first}{grid} grid runs + {seeds} more "
+        f"seeds = {runs} training runs, {each}{chosen}: {updates:,} "
         f"updates × {rate:.2f} s (with the validation at each epoch's end) + {decodes} beam searches × "
         f"{SECONDS_PER_DECODE} s + {runs} × {SECONDS_PER_RUN} s (start-up, averaging) ≈ "
         f"**{seconds / 3600:.1f} h** on an idle 2-core CPU; widening Adam's grid once adds 1 run, "

@@ -159,12 +159,15 @@ def compare(adam: Dict[str, object], sage: Dict[str, object]) -> Dict[str, float
     return {"difference": difference, "standard_error": error}
 
 
+def read_pruning(path: Path) -> Optional[List[Dict[str, float]]]:
+    """The rows of a pruning_bleu.csv (python -m fairseq_sage.analysis), None where it does not exist."""
+    if not path.is_file():
+        return None
+    with path.open(newline="") as handle:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
 def pruning_curves(workdir: Path) -> Dict[str, List[Dict[str, float]]]:
     """The pruning_bleu.csv rows of each optimizer's analysis (WORKDIR/analysis/OPTIMIZER)."""
-    curves = {}
-    for optimizer in OPTIMIZERS:
-        path = workdir / "analysis" / optimizer / "pruning_bleu.csv"
-        if path.is_file():
-            with path.open(newline="") as handle:
-                curves[optimizer] = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
-    return curves
+    curves = {optimizer: read_pruning(workdir / "analysis" / optimizer / "pruning_bleu.csv") for optimizer in OPTIMIZERS}
+    return {optimizer: rows for optimizer, rows in curves.items() if rows is not None}

@@ -118,6 +118,7 @@ pruned=$(study_python plan pruning "$WORKDIR")
 while read -r name optimizer lr beta0 seed; do
     use_run "$name" "$optimizer" "$lr" "$beta0" "$seed"
     STEPS_DIR=$WORKDIR/.steps
+    PRUNE_DIR=$WORKDIR/analysis/$optimizer
     pruning_settings="levels=$PRUNE_LEVELS subset=$PRUNE_SUBSET batches=$PRUNE_BATCHES"
     run_step "$optimizer.pruning" prune_run "$name checkpoint md5 $(digest "$RUN_CHECKPOINT") $pruning_settings"
 done <<<"$pruned"
