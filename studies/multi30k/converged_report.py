@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from .plots import COLORS, FIGURES_DIR, SEED_STYLES, SUBSET_NAMES, plot_grid, plot_multiplier, plot_pruning
 from .plots import save, setting_label
 from .plan import best_seeds
-from .progress import estimate
+from .progress import budget_runs, estimate
 from .report import Study, cell, short_budget_verdicts, shown_path, splice_converged, table
 from .results import read_bleu, read_pruning
 from .runs import LABELS, OPTIMIZERS, TEST_SETS, Run, seed_runs
@@ -185,7 +185,7 @@ class ConvergedStudy(Study):
 
     def design(self) -> str:
         v = self.value
-        if self.settings.values.get("BUDGET"):
+        if not budget_runs(self.settings):
             budget = (f"- **Budget**: **{v('BUDGET')} updates** for every run, given (`BUDGET={v('BUDGET')}`) "
                       "instead of this study's budget phase.\n")
         else:

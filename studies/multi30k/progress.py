@@ -65,6 +65,11 @@ def budget_runs(settings: StudySettings) -> int:
     return 0 if settings.values.get("BUDGET") else 1
 
 
+def pruning_decodes(settings: StudySettings) -> int:
+    """The beam searches of the pruning curves: every seed's averaged model at each PRUNE_LEVELS level."""
+    return len(OPTIMIZERS) * len(settings.seeds) * len(settings.values["PRUNE_LEVELS"].split(","))
+
+
 def planned_runs(workdir: Path, settings: StudySettings) -> List[Planned]:
     """The budget run, the grid (as widened so far) and the seeds (placeholders until selection)."""
     budget = budget_of(settings) or EXPECTED_BUDGET
@@ -98,7 +103,7 @@ def remaining_seconds(workdir: Path, settings: StudySettings) -> float:
             seconds += (run.updates - run.updates_done) * rate + SECONDS_PER_RUN
             seconds += run.decodes * SECONDS_PER_DECODE
     tests = len(OPTIMIZERS) * len(settings.seeds) * 2 * 2  # both models on both test sets
-    pruning = len(OPTIMIZERS) * len(settings.values["PRUNE_LEVELS"].split(","))
+    pruning = pruning_decodes(settings)
     if not (workdir / ".steps" / "report.done").is_file():
         seconds += (tests + pruning) * SECONDS_PER_DECODE
     return seconds
@@ -141,8 +146,7 @@ def estimate(settings: StudySettings) -> str:
     phase = budget_runs(settings)
     updates = phase * settings.integer("BUDGET_MAX_UPDATE") + (grid + seeds) * budget
     rate = SECONDS_PER_UPDATE + SECONDS_PER_VALIDATION / UPDATES_PER_EPOCH
-    levels = len(settings.values["PRUNE_LEVELS"].split(","))
-    decodes = grid + seeds + len(OPTIMIZERS) * len(settings.seeds) * 4 + len(OPTIMIZERS) * levels
+    decodes = grid + seeds + len(OPTIMIZERS) * len(settings.seeds) * 4 + pruning_decodes(settings)
     runs = phase + grid + seeds
     seconds = updates * rate + decodes * SECONDS_PER_DECODE + runs * SECONDS_PER_RUN
     widening = (1 + len(settings.sage_beta0s)) * (budget * rate + SECONDS_PER_DECODE + SECONDS_PER_RUN)
