@@ -154,9 +154,11 @@ def test_converged_study_budget_averaging_scores_and_statistics(converged_study)
     for test in ("test2016", "test2017"):
         assert re.search(rf"^- {test}: Adam-SAGE [+-]\d+\.\d\d ± \d+\.\d\d BLEU .*, (not )?significant; "
                          r"paired bootstrap of the best seed pair: p = 0\.\d{4}\.$", text, re.M), text
-    for name in ("budget.png", "validation_curves.png", "sage_multiplier.png", "beta0_lr_heatmap.png", "pruning.png"):
+    for name in ("budget.png", "validation_curves.png", "sage_multiplier.png", "pruning.png"):
         assert (workdir / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"](figures/multi30k/converged/{name})" in text
+    assert "No β0 × lr heatmap: the grid holds one setting per optimizer.\n" in text  # (the micro grid)
+    assert not (workdir / "figures" / "beta0_lr_heatmap.png").exists()
     for optimizer, runs in CONVERGED_RUNS.items():  # every seed's averaged model is pruned
         for run in runs:
             rows = (workdir / "runs" / run / "analysis" / "pruning_bleu.csv").read_text().splitlines()
@@ -219,7 +221,12 @@ def test_a_new_workdir_restores_the_runs_from_their_records_and_trains_what_a_re
                 if run in restored:
                     seed = run[-1]
                     assert new[key]["per_seed"][optimizer][seed] == entry["per_seed"][optimizer][seed]
-    assert "**Complete:**" in (tmp_path / "results.md").read_text()
+    text = (tmp_path / "results.md").read_text()
+    assert "**Complete:**" in text
+    sage_grid = CONVERGED_RUNS["adam_sage"][0]  # restored: finished, so the grid table shows its numbers
+    valid = bleu(fresh / "runs" / sage_grid / "eval" / "adam_sage" / "checkpoint_avg" / "valid.sacrebleu.json")
+    assert not (fresh / "runs" / sage_grid / "checkpoints" / "adam_sage" / "train.done").exists()
+    assert f"| Adam-SAGE | 3e-3 | 0.8 | {valid:.2f} |" in text, text
     assert (fresh / "figures" / "pruning.png").is_file()
 
 
@@ -355,7 +362,39 @@ def test_converged_report_of_a_running_study_shows_the_scored_grid_runs_and_no_v
     assert "| Adam | 1e-3 | – | 25.75 | 5.250 |" in text
     assert "| Adam | 2e-3 | – | pending | pending | pending | 15 so far | pending |" in text
     assert "**Results pending: the study has not finished.**" in text and "6.500" not in text
+    assert "Results pending until every seed is scored.\n" in text  # no best setting yet: no count
     assert "Adam-SAGE +" not in text and "Adam-SAGE -" not in text  # no verdict line
+    assert "Adam-SAGE validation BLEU, β0 × lr:" in text and "(figures/multi30k/converged/beta0_lr_heatmap.png)" in text
+
+
+def test_a_grid_of_one_setting_each_shows_no_beta0_lr_heatmap(tmp_path):
+    workdir = tmp_path / "work"
+    settings = {**CONVERGED_MICRO, "BUDGET": "30", "BUDGET_TAIL": "0.2", "MAX_UPDATE": "30",
+                "SELECTION_MODEL": "checkpoint_avg", "MAX_TRAIN_LINES": "all", "MAX_TEST_LINES": "all",
+                "TRAIN_FLAGS": "", "PRUNE_SUBSET": "test", "DATA": "", "TUNED_BY": "an earlier grid.",
+                "OVERRIDDEN": "ADAM_LRS SAGE_LRS SAGE_BETA0S BUDGET TUNED_BY"}  # fmt: skip
+    workdir.mkdir()
+    (workdir / "study.env").write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+    for name in ("adam-lr1e-3-seed1", "adam_sage-lr3e-3-b0.8-seed1"):
+        write_run(workdir, name, 5.0, {})
+        averaged = workdir / "runs" / name / "eval" / name.split("-")[0] / "checkpoint_avg"
+        averaged.mkdir()
+        scores = {"valid": 30.0, "test2016": 31.0, "test2017": 27.0} if name.startswith("adam-") else {"valid": 29.0}
+        for subset, score in scores.items():
+            (averaged / f"{subset}.sacrebleu.json").write_text(json.dumps({"score": score}))
+    (workdir / "figures").mkdir()
+    (workdir / "figures" / "beta0_lr_heatmap.png").write_bytes(b"a stale 1 x 1 heatmap")
+    doc = tmp_path / "docs" / "results.md"
+    doc.parent.mkdir()
+    assert converged_report.main([str(workdir), "--doc", str(doc)]) == 0
+    text = doc.read_text()
+    assert "**Tuned by**: an earlier grid.\n" in text
+    assert "Results pending until every seed is scored (scored so far: Adam 1 of 2 seeds, Adam-SAGE 0 of 2 seeds)." in text
+    note = "the grid holds one setting per optimizer (**Tuned by** in the design says where they come from).\n"
+    assert f"No β0 × lr grid: {note}" in text and f"No β0 × lr heatmap: {note}" in text
+    assert "β0 × lr:" not in text and "beta0_lr_heatmap" not in text
+    assert not (doc.parent / "figures" / "multi30k" / "converged" / "beta0_lr_heatmap.png").exists()
+    assert (workdir / "figures" / "beta0_lr_heatmap.png").read_bytes() == b"a stale 1 x 1 heatmap"  # not redrawn
 
 
 POOL = """

@@ -87,6 +87,27 @@ class ConvergedStudy(Study):
                   for run in self.pair()}
         return {optimizer: rows for optimizer, rows in curves.items() if rows is not None}
 
+    def one_setting_each(self) -> bool:
+        """Whether the grid holds one setting per optimizer (e.g. given from an earlier tuning): it has no
+        β0 × lr grid to show."""
+        return len(self.grid) == len(OPTIMIZERS)
+
+    def no_grid_note(self) -> str:
+        tuned_by = self.settings.values.get("TUNED_BY")
+        return ("the grid holds one setting per optimizer"
+                + (" (**Tuned by** in the design says where they come from)" if tuned_by else "") + ".\n")
+
+    def beta0_lr_section(self) -> str:
+        if self.one_setting_each():
+            return "No β0 × lr grid: " + self.no_grid_note()
+        return super().beta0_lr_section()
+
+    def figure_names(self) -> List[str]:
+        """The figures of FIGURES this study has drawn (no heatmap, even a stale one, for one setting each)."""
+        skipped = {"beta0_lr_heatmap.png"} if self.one_setting_each() else set()
+        return [name for name, _ in FIGURES
+                if name not in skipped and (self.workdir / FIGURES_DIR / name).is_file()]
+
     def final_runs(self, optimizer: str) -> List[Run]:
         return seed_runs(self.best[optimizer], self.settings)
 
@@ -114,8 +135,9 @@ class ConvergedStudy(Study):
         results = [self.results[run] for run in self.final_runs(optimizer) if self.results[run].finished]
         wps = [r["wps"] for res in results for r in res.log.epochs if "wps" in r]
         mult = [r["sage_mult_mean"] for res in results for r in res.log.train if "sage_mult_mean" in r]
+        wall = [res.wall_seconds for res in results if res.wall_seconds is not None]
         return {"runs": len(results),
-                "wall_seconds": statistics.fmean([r.wall_seconds for r in results]) if results else None,
+                "wall_seconds": statistics.fmean(wall) if wall else None,
                 "wps": statistics.fmean(wps) if wps else None,
                 "mult_mean": statistics.fmean(mult) if mult else (1.0 if optimizer == "adam" and results else None)}
 
@@ -152,7 +174,13 @@ class ConvergedStudy(Study):
 
     def scores_section(self) -> str:
         if not self.complete():
-            return "### Test scores over seeds\n\nResults pending: not run yet.\n"
+            scored = ""
+            if self.best:  # the seeds whose averaged model has its BLEU on every test set, so far
+                counts = {opt: sum(all(score(run, self.workdir, AVERAGED, test, "bleu") is not None for test in TEST_SETS)
+                                   for run in self.final_runs(opt)) for opt in OPTIMIZERS}
+                scored = " (scored so far: " + ", ".join(
+                    f"{LABELS[opt]} {n} of {len(self.final_runs(opt))} seeds" for opt, n in counts.items()) + ")"
+            return f"### Test scores over seeds\n\nResults pending until every seed is scored{scored}.\n"
         rows = []
         labels = {AVERAGED: f"average of the last {self.value('AVERAGE_LAST')} epochs", BEST_MODEL: "checkpoint_best.pt"}
         for model, label in labels.items():
@@ -225,10 +253,12 @@ class ConvergedStudy(Study):
         )
 
     def figures_section(self, folder: str) -> str:
-        present = [(name, caption) for name, caption in FIGURES if (self.workdir / FIGURES_DIR / name).is_file()]
+        drawn = self.figure_names()
+        present = [(name, caption) for name, caption in FIGURES if name in drawn]
+        no_heatmap = "No β0 × lr heatmap: " + self.no_grid_note() + "\n" if self.one_setting_each() else ""
         if not present:
-            return "### Figures\n\nResults pending: not run yet.\n"
-        return "### Figures\n\n" + "".join(f"![{n}]({folder}/{n})\n\n{c}\n\n" for n, c in present)
+            return "### Figures\n\nResults pending: not run yet.\n\n" + no_heatmap
+        return "### Figures\n\n" + "".join(f"![{n}]({folder}/{n})\n\n{c}\n\n" for n, c in present) + no_heatmap
 
     def markdown(self, figure_folder: str) -> str:
         work = shown_path(self.workdir)
@@ -262,7 +292,7 @@ class ConvergedStudy(Study):
     def draw_figures(self) -> List[Path]:
         folder = self.workdir / FIGURES_DIR
         written = []
-        if any(self.results[run].valid_bleu is not None for run in self.grid):
+        if not self.one_setting_each() and any(self.results[run].valid_bleu is not None for run in self.grid):
             written.append(folder / "beta0_lr_heatmap.png")
             plot_grid(written[-1], self.settings, self.results)
         if self.best:
@@ -295,9 +325,8 @@ def write_report(args) -> None:
     write_atomically(args.workdir / "results" / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     write_atomically(args.workdir / "results.md", study.markdown(FIGURES_DIR).encode())
     if args.doc:
-        for name, _ in FIGURES:
-            if (args.workdir / FIGURES_DIR / name).is_file():
-                write_atomically(args.doc.parent / DOC_FIGURES / name, (args.workdir / FIGURES_DIR / name).read_bytes())
+        for name in study.figure_names():
+            write_atomically(args.doc.parent / DOC_FIGURES / name, (args.workdir / FIGURES_DIR / name).read_bytes())
         write_atomically(args.doc, splice_converged(old, study.markdown(DOC_FIGURES)).encode())
     print(f"[multi30k-converged] report: {args.workdir / 'results.md'}" + (f" and {args.doc}" if args.doc else ""))
 

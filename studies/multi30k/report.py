@@ -270,11 +270,15 @@ class Study:
              "wall (s)"], rows)
         text += ("\nLosses: label-smoothed cross-entropy in bits per target token. Valid BLEU: "
                  f"`{self.settings.selection_model}.pt` on `val`, beam 5.\n\n")
+        return text + self.beta0_lr_section()
+
+    def beta0_lr_section(self) -> str:
+        """Adam-SAGE's validation BLEU over its β0 × lr grid, as a table, and what β0 bounds."""
         lrs = sorted(self.settings.sage_lrs, key=float)
         by_setting = {run.setting: self.results[run].valid_bleu for run in self.grid}
         matrix = [[f"β0 = {b}"] + [cell(by_setting[("adam_sage", lr, b)]) for lr in lrs]
                   for b in sorted(self.settings.sage_beta0s, key=float)]
-        text += "Adam-SAGE validation BLEU, β0 × lr:\n\n" + table(["", *[f"lr {lr}" for lr in lrs]], matrix)
+        text = "Adam-SAGE validation BLEU, β0 × lr:\n\n" + table(["", *[f"lr {lr}" for lr in lrs]], matrix)
         text += ("\nβ0 bounds how far one jump in an element's sensitivity can raise its step: with I far "
                  "above Ī, U/Ī_c approaches β0/(1 − β0) (1.5 at β0 = 0.6, 4 at 0.8, 9 at 0.9, "
                  "after bias correction has faded), so a high β0 and a high lr together let spikes through; "

@@ -25,7 +25,7 @@ class RunResult:
 
     run: Run
     log: TrainingLog
-    finished: bool  # train.sh marked the training done
+    finished: bool  # train.sh marked the training done, or the study's step did (a run restored from its record)
     valid_bleu: Optional[float] = None
     test_bleu: Dict[str, Optional[float]] = field(default_factory=dict)
 
@@ -84,11 +84,12 @@ def read_signature(workdir: Path, runs: Sequence[Run]) -> Optional[str]:
 
 def read_run(workdir: Path, run: Run, model: str = BEST_MODEL) -> RunResult:
     """Everything ``run``'s folder holds: training log, validation and test BLEU of ``model``."""
-    done = run.folder(workdir) / "checkpoints" / run.optimizer / "train.done"
+    folder = run.folder(workdir)
+    markers = (folder / "checkpoints" / run.optimizer / "train.done", folder / ".steps" / f"{run.name}.train.done")
     return RunResult(
         run=run,
         log=read_train_log(run.train_log(workdir)),
-        finished=done.is_file(),
+        finished=any(marker.is_file() for marker in markers),
         valid_bleu=read_bleu(run.bleu_file(workdir, "valid", model)),
         test_bleu={test: read_bleu(run.bleu_file(workdir, test, model)) for test in TEST_SETS},
     )
