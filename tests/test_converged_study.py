@@ -27,7 +27,7 @@ CONVERGED_MICRO = {
     "ADAM_LRS": "1e-3", "SAGE_LRS": "3e-3", "SAGE_BETA0S": "0.8", "SEEDS": "1 2", "MAX_WIDEN": "0",
     "BUDGET_LR": "1e-3", "BUDGET_MAX_UPDATE": "30", "BUDGET_MIN_GAIN": "100", "AVERAGE_LAST": "2",
     "MAX_TOKENS": "1024", "WARMUP_UPDATES": "2", "LOG_INTERVAL": "1", "SPM_VOCAB_SIZE": "1000",
-    "PRUNE_LEVELS": "0,20", "PRUNE_BATCHES": "1", "JOBS": "1", "PROGRESS_INTERVAL": "1",
+    "PRUNE_LEVELS": "0,20", "PRUNE_BATCHES": "1", "JOBS": "1", "PROGRESS_INTERVAL": "300",
 }  # fmt: skip
 CONVERGED_RUNS = {"adam": ["adam-lr1e-3-seed1", "adam-lr1e-3-seed2"],
                   "adam_sage": ["adam_sage-lr3e-3-b0.8-seed1", "adam_sage-lr3e-3-b0.8-seed2"]}  # fmt: skip
@@ -55,7 +55,8 @@ def converged_study(real_subset, tmp_path_factory):
            "RECORDS": str(root / "records")}
     workdir = root / "work"
     args = ["--converged", "--data", real_subset, workdir, "--", *TINY_FLAGS]
-    launcher = check_ok(run_study(*args, env=env))
+    # a refresh every 2 s while it runs in the background (each costs a Python start), none after
+    launcher = check_ok(run_study(*args, env={**env, "PROGRESS_INTERVAL": "2"}))
     first, second = CONVERGED_RUNS["adam"][0], CONVERGED_RUNS["adam_sage"][0]
     pid = int(re.search(r"process group (\d+)", launcher.stdout).group(1))
 
@@ -68,9 +69,9 @@ def converged_study(real_subset, tmp_path_factory):
 
     wait_for(lambda: second_started() or not running(), 600, "the second grid run to start")
     assert second_started(), (workdir / "study.log").read_text()
-    # PROGRESS_INTERVAL=1: progress.md is refreshed while the run trains (no run ends in 4 s)
+    # PROGRESS_INTERVAL=2: progress.md is refreshed while the run trains (no run ends in 6 s)
     updated = (workdir / "progress.md").read_text().splitlines()[2]
-    wait_for(lambda: (workdir / "progress.md").read_text().splitlines()[2] != updated, 4, "progress.md to be refreshed")
+    wait_for(lambda: (workdir / "progress.md").read_text().splitlines()[2] != updated, 6, "progress.md to be refreshed")
     os.killpg(pid, signal.SIGKILL)
     wait_for(lambda: not running(), 30, "the killed study to end")
     kept = {p: p.stat().st_mtime_ns for p in (workdir / "runs" / first / "checkpoints").rglob("*.pt")}
