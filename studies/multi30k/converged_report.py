@@ -13,7 +13,7 @@ import shlex
 import statistics
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from matplotlib.figure import Figure
 
@@ -102,10 +102,11 @@ class ConvergedStudy(Study):
             return "No β0 × lr grid: " + self.no_grid_note()
         return super().beta0_lr_section()
 
-    def figure_names(self) -> List[str]:
-        """The figures of FIGURES this study has drawn (no heatmap, even a stale one, for one setting each)."""
+    def drawn_figures(self) -> List[Tuple[str, str]]:
+        """The (file, caption) of FIGURES this study has drawn (no heatmap, even a stale one, for one
+        setting each)."""
         skipped = {"beta0_lr_heatmap.png"} if self.one_setting_each() else set()
-        return [name for name, _ in FIGURES
+        return [(name, caption) for name, caption in FIGURES
                 if name not in skipped and (self.workdir / FIGURES_DIR / name).is_file()]
 
     def final_runs(self, optimizer: str) -> List[Run]:
@@ -175,8 +176,9 @@ class ConvergedStudy(Study):
     def scores_section(self) -> str:
         if not self.complete():
             scored = ""
-            if self.best:  # the seeds whose averaged model has its BLEU on every test set, so far
-                counts = {opt: sum(all(score(run, self.workdir, AVERAGED, test, "bleu") is not None for test in TEST_SETS)
+            if self.stats:  # the seeds whose averaged model has its BLEU on every test set, so far
+                bleu = [self.stats[f"{AVERAGED}/{test}/bleu"]["per_seed"] for test in TEST_SETS]
+                counts = {opt: sum(all(scores[opt][run.seed] is not None for scores in bleu)
                                    for run in self.final_runs(opt)) for opt in OPTIMIZERS}
                 scored = " (scored so far: " + ", ".join(
                     f"{LABELS[opt]} {n} of {len(self.final_runs(opt))} seeds" for opt, n in counts.items()) + ")"
@@ -253,8 +255,7 @@ class ConvergedStudy(Study):
         )
 
     def figures_section(self, folder: str) -> str:
-        drawn = self.figure_names()
-        present = [(name, caption) for name, caption in FIGURES if name in drawn]
+        present = self.drawn_figures()
         no_heatmap = "No β0 × lr heatmap: " + self.no_grid_note() + "\n" if self.one_setting_each() else ""
         if not present:
             return "### Figures\n\nResults pending: not run yet.\n\n" + no_heatmap
@@ -325,7 +326,7 @@ def write_report(args) -> None:
     write_atomically(args.workdir / "results" / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     write_atomically(args.workdir / "results.md", study.markdown(FIGURES_DIR).encode())
     if args.doc:
-        for name in study.figure_names():
+        for name, _ in study.drawn_figures():
             write_atomically(args.doc.parent / DOC_FIGURES / name, (args.workdir / FIGURES_DIR / name).read_bytes())
         write_atomically(args.doc, splice_converged(old, study.markdown(DOC_FIGURES)).encode())
     print(f"[multi30k-converged] report: {args.workdir / 'results.md'}" + (f" and {args.doc}" if args.doc else ""))
