@@ -153,7 +153,7 @@ def test_converged_study_budget_averaging_scores_and_statistics(converged_study)
     assert "**Complete:**" in text
     assert "| Adam | 1e-3 | – | 2 of 2 | 1.000 | 1.00e-03 |" in text  # the seeds the cost row averages
     for test in ("test2016", "test2017"):
-        assert re.search(rf"^- {test}: Adam-SAGE [+-]\d+\.\d\d ± \d+\.\d\d BLEU .*, (not )?significant; "
+        assert re.search(rf"^- {test}: Adam-SAGE [+-]\d+\.\d\d ± \d+\.\d\d BLEU .*, (not significant|significant: Adam(-SAGE)? beats Adam(-SAGE)?); "
                          r"paired bootstrap of the best seed pair: p = 0\.\d{4}\.$", text, re.M), text
     for name in ("budget.png", "validation_curves.png", "sage_multiplier.png", "pruning.png"):
         assert (workdir / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -245,7 +245,13 @@ def test_t_interval_and_paired_difference_follow_the_formulas():
     half = T_975[4] * statistics.stdev(differences) / math.sqrt(5)
     assert stats.verdict("test2016", paired) == (
         f"test2016: Adam-SAGE {statistics.mean(differences):+.2f} ± {half:.2f} BLEU (95 % CI of the paired "
-        f"difference over 5 seeds), {'significant' if abs(statistics.mean(differences)) > half else 'not significant'}")
+        f"difference over 5 seeds), not significant")
+    assert abs(statistics.mean(differences)) <= half  # (what the line claims)
+    ahead = {1: 30.5, 2: 31.8, 3: 30.0, 4: 31.2, 5: 30.7}  # Adam + 0.4 to 0.6 on every seed
+    assert stats.verdict("test2016", stats.paired_difference(adam, ahead)).endswith(
+        "BLEU (95 % CI of the paired difference over 5 seeds), significant: Adam-SAGE beats Adam")
+    assert stats.verdict("test2016", stats.paired_difference(ahead, adam)).endswith(  # the other way round
+        ", significant: Adam beats Adam-SAGE")
     noisy = stats.paired_difference(adam, {1: 32.0, 2: 29.0, 3: 31.0, 4: 29.5, 5: 31.5})
     assert stats.verdict("test2017", noisy).endswith(", not significant")
     assert stats.t_interval([31.0])["half_width"] is None

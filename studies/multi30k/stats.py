@@ -29,11 +29,12 @@ def paired_difference(baseline: Dict[int, float], other: Dict[int, float]) -> Di
 
 
 def verdict(test: str, difference: Dict[str, object], metric: str = "BLEU") -> str:
-    """'test2016: Adam-SAGE +0.42 ± 0.31 BLEU (…), significant': significant when the confidence
-    interval of the paired difference excludes 0."""
+    """'test2016: Adam-SAGE +0.42 ± 0.31 BLEU (…), significant: Adam-SAGE beats Adam': significant
+    when the confidence interval of the paired difference excludes 0, and then the sign names the winner."""
     mean, half = difference["mean"], difference["half_width"]
     if half is None:
         return f"{test}: Adam-SAGE {mean:+.2f} {metric} on one seed: no interval, no verdict"
-    significant = "significant" if abs(mean) > half else "not significant"
+    winner = "Adam-SAGE beats Adam" if mean > 0 else "Adam beats Adam-SAGE"
+    significant = f"significant: {winner}" if abs(mean) > half else "not significant"
     return (f"{test}: Adam-SAGE {mean:+.2f} ± {half:.2f} {metric} (95 % CI of the paired difference over "
             f"{difference['n']} seeds), {significant}")
