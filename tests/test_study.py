@@ -303,6 +303,8 @@ RESUMED_LOG = """\
 2026-11-22 10:00:02 | INFO | fairseq_cli.train | {'_name': None, 'common': {}}
 2026-11-22 10:00:40 | INFO | train_inner | epoch 001:     25 / 253 loss=9.5, num_updates=25, lr=0.0001, wall=38
 2026-11-22 10:01:42 | INFO | train_inner | epoch 001:     50 / 253 loss=9.1, num_updates=50, lr=0.0002, wall=100
+2026-11-22 10:01:43 | INFO | fairseq.checkpoint_utils | Saved checkpoint checkpoint_last.pt (epoch 1 @ 50 updates, score None) (writing took 0.1 seconds)
+2026-11-22 10:02:44 | INFO | train_inner | epoch 001:     75 / 253 loss=8.9, num_updates=75, lr=0.0003, wall=162
 Traceback (most recent call last):
 KeyboardInterrupt
 2026-11-22 10:30:00 | INFO | fairseq.tasks.text_to_speech | Please install tensorboardX: pip install tensorboardX
@@ -315,9 +317,15 @@ KeyboardInterrupt
 """
 
 
-def test_wall_time_of_a_resumed_run_adds_up_its_processes_from_the_log_timestamps():
+def test_wall_time_of_a_resumed_run_adds_up_the_time_its_processes_kept_from_the_log_timestamps():
     log = parse_train_log(RESUMED_LOG)
-    # 10:00:02 → 10:01:42 and 10:30:05 → 10:30:50; fairseq's own wall meter says 0 after the resume
-    assert log.process_seconds == [100.0, 45.0]
-    assert log.wall_seconds == 145.0
+    # 10:00:02 → 10:02:44 and 10:30:05 → 10:30:50; fairseq's own wall meter says 0 after the resume
+    assert log.process_seconds == [162.0, 45.0]
+    # updates 51-75 of the first process were lost with it (the second resumed from update 50 and did
+    # them again): its time counts up to its checkpoint at 10:01:43
+    assert log.kept_seconds == [101.0, 45.0] and log.wall_seconds == 146.0
     assert [r["num_updates"] for r in log.train] == [25, 50, 75] and log.epochs[-1]["wall"] == 0
+    assert log.train[-1]["loss"] == 8.8  # update 75 as the second process logged it
+    unsaved = parse_train_log(RESUMED_LOG.replace("Saved checkpoint", "Saving checkpoint"))
+    assert unsaved.kept_seconds == [0.0, 45.0]  # interrupted before its first checkpoint: all redone
+    assert parse_train_log(RESUMED_LOG.split("Traceback")[0]).wall_seconds == 162.0  # the last process: whole

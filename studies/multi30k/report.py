@@ -197,7 +197,8 @@ class Study:
         if measured:
             text += (f"- **Measured.** {len(measured)} finished runs took {sum(measured) / 3600:.2f} h of "
                      "fairseq-train wall time (from its configuration line to its last line, validations "
-                     f"included; median {statistics.median(measured):.0f} s, range {measured[0]:.0f}–"
+                     "included, less what an interrupted process did after its last checkpoint; median "
+                     f"{statistics.median(measured):.0f} s, range {measured[0]:.0f}–"
                      f"{measured[-1]:.0f} s per run).\n")
         return text
 

@@ -1,12 +1,13 @@
 """The numbers of a fairseq-train log in ``--log-format simple`` (what recipes/multi30k/train.sh
 writes to ``train.log``): the ``train_inner`` lines (every ``--log-interval`` updates), the
-``valid`` lines, the per-epoch ``train`` lines, and how long each fairseq-train process ran."""
+``valid`` lines, the per-epoch ``train`` lines, and how long each fairseq-train process ran and how
+much of that time the run kept."""
 
 import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 INNER_LINE = re.compile(r"\| train_inner \| epoch (\d+):\s+\d+ / \d+ (.*)$")
 VALID_LINE = re.compile(r"\| valid \| epoch (\d+) \| valid on 'valid' subset \| (.*)$")
@@ -16,6 +17,7 @@ EPOCH_LINE = re.compile(r"\| train \| epoch (\d+) \| (.*)$")
 TRAINING_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \| \w+ \| "
                            r"(fairseq_cli\.train|fairseq\.trainer|fairseq\.checkpoint_utils|train_inner|train|valid) \| ")
 PROCESS_START = re.compile(r"\| fairseq_cli\.train \| \{")  # the configuration fairseq-train logs first
+CHECKPOINT_SAVED = re.compile(r"\| fairseq\.checkpoint_utils \| Saved checkpoint ")
 
 Record = Dict[str, float]
 
@@ -30,15 +32,19 @@ class TrainingLog:
     epochs: List[Record]  # end-of-epoch train lines: train_wall, wall (cumulative seconds), ...
     process_seconds: List[float]  # per fairseq-train process (a resumed run has several): from its
     # configuration line to its last line
+    kept_seconds: List[float]  # per process, the part of process_seconds whose training the run kept:
+    # all of the last process; of an earlier one, up to its last saved checkpoint (0 without one)
 
     @property
     def wall_seconds(self) -> float:
-        """Wall-clock time of all fairseq-train processes of the run, each from its configuration line
-        (after the imports) to its last line: loading, training, validations and checkpoints.
+        """Wall-clock time the run's training took: the sum of :attr:`kept_seconds`, each process from its
+        configuration line (after the imports) on, with loading, training, validations and checkpoints.
+        What an interrupted process did after its last saved checkpoint is left out, since the next
+        process resumes from that checkpoint and does it again (and is timed doing it).
 
         Read from the log's timestamps, because fairseq's own ``wall`` meter reads 0 after a run
         resumes from a checkpoint."""
-        return sum(self.process_seconds)
+        return sum(self.kept_seconds)
 
 
 def _fields(pairs: List[List[str]], epoch: str) -> Record:
@@ -56,16 +62,22 @@ def _by_update(records: List[Record]) -> List[Record]:
     return [latest[update] for update in sorted(latest)]
 
 
-def _process_spans(lines: List[str]) -> List[float]:
-    spans: List[List[datetime]] = []
+def _process_spans(lines: List[str]) -> Tuple[List[float], List[float]]:
+    """Per fairseq-train process: (its seconds from the first line to the last, those up to its last
+    saved checkpoint; for the last process, all of them)."""
+    spans: List[List[datetime]] = []  # per process: first line, last line, last checkpoint saved
     for line in lines:
         if not (stamp := TRAINING_LINE.match(line)):
             continue
         time = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S")
         if PROCESS_START.search(line) or not spans:
-            spans.append([time, time])
+            spans.append([time, time, time])
         spans[-1][1] = time
-    return [(last - first).total_seconds() for first, last in spans]
+        if CHECKPOINT_SAVED.search(line):
+            spans[-1][2] = time
+    whole = [(last - first).total_seconds() for first, last, _ in spans]
+    kept = [(saved - first).total_seconds() for first, _, saved in spans[:-1]] + whole[-1:]
+    return whole, kept
 
 
 def parse_train_log(text: str) -> TrainingLog:
@@ -82,7 +94,7 @@ def parse_train_log(text: str) -> TrainingLog:
         elif match := EPOCH_LINE.search(line):
             pairs = [item.split(" ", 1) for item in match.group(2).split(" | ") if " " in item]
             epochs.append(_fields(pairs, match.group(1)))
-    return TrainingLog(_by_update(train), _by_update(valid), _by_update(epochs), _process_spans(lines))
+    return TrainingLog(_by_update(train), _by_update(valid), _by_update(epochs), *_process_spans(lines))
 
 
 def read_train_log(path: Path) -> TrainingLog:
