@@ -511,3 +511,21 @@ def test_bad_converged_settings_stop_with_one_line(tmp_path):
         result = run_study("--converged", "--plan", tmp_path / "work", env={key: value})
         assert result.returncode == 1 and result.stderr.strip() == message, setting
     assert not (tmp_path / "work" / "study.env").exists()
+
+
+def test_the_readme_quotes_the_converged_verdict_of_docs_results():
+    """The README's quickstart paragraph quotes, per test set, the paired difference, its interval and
+    significance that docs/results.md's converged verdict states (so a rerun of the study that changes
+    the verdict cannot leave the README quoting the old one)."""
+    results = (REPO / "docs" / "results.md").read_text()
+    readme = " ".join((REPO / "README.md").read_text().split())  # the paragraph's line breaks folded
+    verdict = results.split("### Verdict", 1)[1].split("###", 1)[0]
+    for test in ("test2016", "test2017"):
+        found = re.search(rf"^- {test}: Adam-SAGE ([+-]\d+\.\d\d) ± (\d+\.\d\d) BLEU \(95 % CI of the paired "
+                          rf"difference over (\d+) seeds\), (not significant|significant: [^;]+); paired bootstrap "
+                          rf"of the best seed pair: p = (\d\.\d{{4}})\.$", verdict, re.M)
+        assert found, f"docs/results.md has no converged verdict for {test}:\n{verdict}"
+        mean, half, seeds, significance, p_value = found.groups()
+        quote = (f"{test}: Adam-SAGE {mean} ± {half} BLEU over {seeds} seeds, {significance} "
+                 f"(paired bootstrap of the best seed pair: p = {p_value})")
+        assert quote in readme, f"README.md should quote: {quote}"
