@@ -154,7 +154,7 @@ def test_converged_study_budget_averaging_scores_and_statistics(converged_study)
     assert "| Adam | 1e-3 | – | 2 of 2 | 1.000 | 1.00e-03 |" in text  # the seeds the cost row averages
     for test in ("test2016", "test2017"):
         assert re.search(rf"^- {test}: Adam-SAGE [+-]\d+\.\d\d ± \d+\.\d\d BLEU .*, (not significant|significant: Adam(-SAGE)? beats Adam(-SAGE)?); "
-                         r"paired bootstrap of the best seed pair: p = 0\.\d{4}\.$", text, re.M), text
+                         r"paired bootstrap of the best seed pair: p = 0\.\d{4}( \(.+\))?\.$", text, re.M), text
     for name in ("budget.png", "validation_curves.png", "sage_multiplier.png", "pruning.png"):
         assert (workdir / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"](figures/multi30k/converged/{name})" in text
@@ -255,6 +255,18 @@ def test_t_interval_and_paired_difference_follow_the_formulas():
     noisy = stats.paired_difference(adam, {1: 32.0, 2: 29.0, 3: 31.0, 4: 29.5, 5: 31.5})
     assert stats.verdict("test2017", noisy).endswith(", not significant")
     assert stats.t_interval([31.0])["half_width"] is None
+
+
+def test_the_bootstrap_p_value_is_explained_only_where_it_disagrees_with_the_seeds():
+    """A best-pair p below 0.05 beside an interval over seeds that holds 0 (the converged test2017) gets
+    a reading; p and interval that agree get none."""
+    assert stats.bootstrap_reading(0.2108, False) == ""
+    assert stats.bootstrap_reading(0.0100, True) == ""
+    assert stats.bootstrap_reading(0.0030, False).startswith(" (below 0.05: these two models differ")
+    assert stats.bootstrap_reading(0.0500, True).startswith(" (0.05 or above: these two models do not differ")
+    assert stats.significant({"mean": -0.72, "half_width": 0.96}) is False
+    assert stats.significant({"mean": 0.61, "half_width": 0.60}) is True
+    assert stats.significant({"mean": 0.61, "half_width": None}) is False
 
 
 def test_budget_rule_takes_the_first_point_whose_last_fifth_gains_less_than_the_threshold():
@@ -523,7 +535,7 @@ def test_the_readme_quotes_the_converged_verdict_of_docs_results():
     for test in ("test2016", "test2017"):
         found = re.search(rf"^- {test}: Adam-SAGE ([+-]\d+\.\d\d) ± (\d+\.\d\d) BLEU \(95 % CI of the paired "
                           rf"difference over (\d+) seeds\), (not significant|significant: [^;]+); paired bootstrap "
-                          rf"of the best seed pair: p = (\d\.\d{{4}})\.$", verdict, re.M)
+                          rf"of the best seed pair: p = (\d\.\d{{4}})(?: \(.+\))?\.$", verdict, re.M)
         assert found, f"docs/results.md has no converged verdict for {test}:\n{verdict}"
         mean, half, seeds, significance, p_value = found.groups()
         quote = (f"{test}: Adam-SAGE {mean} ± {half} BLEU over {seeds} seeds, {significance} "

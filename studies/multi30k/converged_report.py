@@ -25,7 +25,7 @@ from .report import Study, cell, short_budget_verdicts, shown_path, splice_conve
 from .results import read_bleu, read_pruning
 from .runs import LABELS, OPTIMIZERS, TEST_SETS, Run, seed_runs
 from .settings import BEST_MODEL, BUDGET_FILE, read_json, run_cli, write_atomically
-from .stats import paired_difference, t_interval, verdict
+from .stats import bootstrap_reading, paired_difference, significant, t_interval, verdict
 
 AVERAGED = "checkpoint_avg"
 MODELS = (AVERAGED, BEST_MODEL)
@@ -163,10 +163,11 @@ class ConvergedStudy(Study):
         else:
             text = "### Verdict\n\n"
             for test in TEST_SETS:
+                difference = self.stats[f"{AVERAGED}/{test}/bleu"]["difference"]
                 p_value = paired_p_value(self.workdir, test)
-                p_text = "pending" if p_value is None else f"{p_value:.4f}"
-                text += (f"- {verdict(test, self.stats[f'{AVERAGED}/{test}/bleu']['difference'])}; paired "
-                         f"bootstrap of the best seed pair: p = {p_text}.\n")
+                p_text = ("pending" if p_value is None else
+                          f"{p_value:.4f}{bootstrap_reading(p_value, significant(difference))}")
+                text += f"- {verdict(test, difference)}; paired bootstrap of the best seed pair: p = {p_text}.\n"
         if self.short_budget:
             text += ("\nBeside it, the short budget (the study below, 600 updates of 2k tokens; "
                      "[its findings](#findings)):\n\n")

@@ -1,5 +1,6 @@
 """The statistics of the converged study: 95 % confidence intervals over seeds (Student's t), the
-paired difference of two optimizers seed by seed, and the one-line verdict."""
+paired difference of two optimizers seed by seed, the one-line verdict, and what the paired bootstrap
+of the best seed pair adds to it."""
 
 import math
 import statistics
@@ -8,6 +9,7 @@ from typing import Dict, Optional, Sequence
 from scipy.stats import t as student_t
 
 CONFIDENCE = 0.95
+SIGNIFICANCE = round(1 - CONFIDENCE, 9)  # 0.05, not 0.050000000000000044
 
 
 def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Dict[str, Optional[float]]:
@@ -35,6 +37,23 @@ def verdict(test: str, difference: Dict[str, object], metric: str = "BLEU") -> s
     if half is None:
         return f"{test}: Adam-SAGE {mean:+.2f} {metric} on one seed: no interval, no verdict"
     winner = "Adam-SAGE beats Adam" if mean > 0 else "Adam beats Adam-SAGE"
-    significant = f"significant: {winner}" if abs(mean) > half else "not significant"
+    finding = f"significant: {winner}" if significant(difference) else "not significant"
     return (f"{test}: Adam-SAGE {mean:+.2f} ± {half:.2f} {metric} (95 % CI of the paired difference over "
-            f"{difference['n']} seeds), {significant}")
+            f"{difference['n']} seeds), {finding}")
+
+
+def significant(difference: Dict[str, object]) -> bool:
+    """Whether the confidence interval of the paired difference excludes 0 (as :func:`verdict` says)."""
+    return difference["half_width"] is not None and abs(difference["mean"]) > difference["half_width"]
+
+
+def bootstrap_reading(p_value: float, over_seeds_significant: bool, level: float = SIGNIFICANCE) -> str:
+    """What a paired bootstrap p-value of one seed pair adds to the verdict over seeds: nothing when
+    both agree; where they disagree, that the one pair tests one pair of models on one test set, while
+    the seeds' interval holds the seed-to-seed spread."""
+    if (p_value < level) == over_seeds_significant:
+        return ""
+    if p_value < level:
+        return (f" (below {level:g}: these two models differ on this set, but another seed pair may not: "
+                "over the seeds the difference is within their spread)")
+    return f" ({level:g} or above: these two models do not differ significantly, the seeds do)"
