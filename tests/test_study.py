@@ -14,7 +14,7 @@ import statistics
 
 import pytest
 
-from study_helpers import (TINY_FLAGS, bleu, check_ok, fabricate_study, needs_real_data,  # noqa: F401
+from study_helpers import (REPO, TINY_FLAGS, bleu, check_ok, fabricate_study, needs_real_data,  # noqa: F401
                            real_subset, run_study, write_run)
 from studies.multi30k import plan, report
 from studies.multi30k.train_log import parse_train_log
@@ -224,6 +224,18 @@ def test_plan_writes_the_design_with_every_result_pending(tmp_path):
     assert not re.search(r"\d\.\d\d", tables)  # no score or loss anywhere
     assert len(re.findall(r"^- grid run .*: validation BLEU$", text, re.M)) == 16
     assert not (tmp_path / "work" / "runs").exists()
+
+
+@pytest.mark.parametrize("study", [[], ["--converged"]], ids=["short-budget", "converged"])
+def test_plan_without_results_doc_leaves_docs_results_as_it_is(tmp_path, study):
+    """A plan is a preview: without RESULTS_DOC it writes WORKDIR/results.md only, never the repository's
+    docs/results.md, which holds the finished studies' results."""
+    doc = REPO / "docs" / "results.md"
+    before = doc.read_bytes()
+    result = check_ok(run_study(*study, "--plan", tmp_path / "work"))
+    assert result.stdout.strip().endswith(f"report: {tmp_path / 'work' / 'results.md'}")
+    assert doc.read_bytes() == before
+    assert "Results pending" in (tmp_path / "work" / "results.md").read_text()
 
 
 # ---- selection, statistics and report on fabricated run folders (no training)

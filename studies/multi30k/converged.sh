@@ -226,7 +226,7 @@ SELECTION_MODEL=$AVERAGED
 FIXED_SETTINGS+=(MAX_UPDATE SELECTION_MODEL)
 record_settings
 if [[ $PLAN_ONLY == 1 ]]; then
-    study_python converged_report "$WORKDIR" --doc "$RESULTS_DOC"
+    study_python converged_report "$WORKDIR" ${PLAN_DOC:+"$PLAN_DOC" "$RESULTS_DOC"}
     exit 0
 fi
 exec 9>"$WORKDIR/.lock"

@@ -38,7 +38,8 @@ parse_arguments() {
     WORKDIR="$(cd "${workdir:-$default_workdir}" && pwd)"
 }
 
-# apply_defaults: give every unset setting its default; OVERRIDDEN lists those set by the caller.
+# apply_defaults: give every unset setting its default; OVERRIDDEN lists those set by the caller;
+# PLAN_DOC is --doc where the caller gave RESULTS_DOC (what --plan writes besides WORKDIR/results.md).
 apply_defaults() {
     local name
     OVERRIDDEN=""
@@ -50,6 +51,7 @@ apply_defaults() {
         fi
     done
     OVERRIDDEN=$(tr ' ' '\n' <<<"$OVERRIDDEN" | sort | xargs)
+    PLAN_DOC=${RESULTS_DOC:+--doc}  # --plan writes RESULTS_DOC only where it is given (never a finished docs/results.md)
     RESULTS_DOC=${RESULTS_DOC:-$REPO_ROOT/docs/results.md}
     TRAIN_FLAGS=""
     [[ ${#USER_TRAIN_FLAGS[@]} -eq 0 ]] || TRAIN_FLAGS=$(printf '%q ' "${USER_TRAIN_FLAGS[@]}")

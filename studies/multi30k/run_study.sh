@@ -17,7 +17,8 @@
 # Usage: bash studies/multi30k/run_study.sh [--data DIR] [--plan] [WORKDIR] [-- FAIRSEQ_TRAIN_FLAGS...]
 #        bash studies/multi30k/run_study.sh --converged [...]   the study at convergence (converged.sh)
 #   --data DIR  Multi30k's raw .gz files (default: ../shared/data/multi30k when present, else download)
-#   --plan      record the settings and write the report (results pending) without running anything
+#   --plan      record the settings and write the report (results pending) without running anything:
+#               WORKDIR/results.md, and RESULTS_DOC only where it is given (docs/results.md is left as it is)
 #   WORKDIR     default runs/multi30k_study in the repository
 #   flags after -- are appended to every fairseq-train command (e.g. a smaller model)
 #
@@ -92,7 +93,7 @@ STUDY_TRAIN_FLAGS=(--update-epoch-batch-itr True --save-interval-updates "$SAVE_
 export PYTHON WORKERS MAX_UPDATE WARMUP_UPDATES MAX_TOKENS MAX_TRAIN_LINES MAX_TEST_LINES SPM_VOCAB_SIZE
 record_settings
 if [[ $PLAN_ONLY == 1 ]]; then
-    study_python report "$WORKDIR" --doc "$RESULTS_DOC"
+    study_python report "$WORKDIR" ${PLAN_DOC:+"$PLAN_DOC" "$RESULTS_DOC"}
     exit 0
 fi
 started=$SECONDS
