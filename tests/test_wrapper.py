@@ -601,7 +601,8 @@ def test_sparse_gradients_of_parameters_left_out_of_sage_get_the_plain_base_upda
     assert embedding.weight not in wrapper.state
 
     before = snapshot(wrapper)
-    embedding.weight.grad = torch.sparse_coo_tensor([[1]], torch.tensor([[float("nan"), 0.0, 0.0]]), (10, 3))
+    embedding.weight.grad = torch.sparse_coo_tensor([[1]], torch.tensor([[float("nan"), 0.0, 0.0]]), (10, 3),
+                                                         check_invariants=True)
     with pytest.warns(RuntimeWarning, match="update skipped"):
         wrapper.step()
     assert_identical(before, snapshot(wrapper))
