@@ -438,10 +438,13 @@ def other_sage_params(wrapper):
     return lambda: wrapper.load_state_dict(other.state_dict())
 
 
-def reshaped_sensitivity(wrapper):
-    state_dict = copy.deepcopy(wrapper.state_dict())
-    state_dict["state"][0]["sensitivity_ema"] = state_dict["state"][0]["sensitivity_ema"].reshape(-1)
-    return lambda: wrapper.load_state_dict(state_dict)
+def damaged(edit):
+    """A refused load of the wrapper's own state dict after ``edit(state_dict)``."""
+    def refused_call(wrapper):
+        state_dict = copy.deepcopy(wrapper.state_dict())
+        edit(state_dict)
+        return lambda: wrapper.load_state_dict(state_dict)
+    return refused_call
 
 
 def sparse_gradient_on_a_sage_parameter(wrapper):
@@ -463,7 +466,17 @@ REFUSALS = {
     "load_state_dict of other SAGE parameters": (
         other_sage_params, ValueError, r"modulates parameters \[1, 2\], this wrapper \[0, 1\]"),
     "load_state_dict with a sensitivity_ema of another shape": (
-        reshaped_sensitivity, ValueError, r"parameter 0's sensitivity_ema has shape \(24,\), the parameter \(6, 4\)"),
+        damaged(lambda sd: sd["state"][0].update(sensitivity_ema=sd["state"][0]["sensitivity_ema"].reshape(-1))),
+        ValueError, r"parameter 0's sensitivity_ema has shape \(24,\), the parameter \(6, 4\)"),
+    "load_state_dict with SAGE state for a parameter without SAGE": (
+        damaged(lambda sd: sd["state"][2].update(sensitivity_ema=torch.zeros(3, 2, 4), sage_step=3)),
+        ValueError, r"holds SAGE state for parameter 2, not one of its SAGE parameters \[0, 1\]"),
+    "load_state_dict with a sage_step missing": (
+        damaged(lambda sd: sd["state"][1].pop("sage_step")),
+        ValueError, "parameter 1's entry of the state dict lacks sage_step"),
+    "load_state_dict whose groups the base refuses": (
+        damaged(lambda sd: sd["param_groups"][0].update(params=[0, 1])),
+        ValueError, "doesn't match the size of optimizer's group"),
     "load_state_dict of a plain optimizer": (
         lambda w: lambda: w.load_state_dict(torch.optim.ASGD(twin(all_params(w)), lr=1e-2).state_dict()),
         ValueError, "holds no SAGE state"),

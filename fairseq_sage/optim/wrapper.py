@@ -29,9 +29,9 @@ builds (one warning where it cannot) and ``foreach`` for the rest, as ``impl="cp
 parameters the kernel cannot take. Both combine half-precision parameters in float32 and round
 once into their dtype; they agree to float32 rounding.
 
-Memory: the wrapper keeps Ī (float32; float64 for float64 parameters) per SAGE parameter and, during a step, one copy of the SAGE
-parameters' weights (θ_old, in their own dtype), plus, on the ``foreach`` path, the temporaries of
-one batch.
+Memory: the wrapper keeps Ī (float32; float64 for float64 parameters) per SAGE parameter and,
+during a step, one copy of the SAGE parameters' weights (θ_old, in their own dtype), plus, on the
+``foreach`` path, the temporaries of one batch.
 """
 
 import warnings
