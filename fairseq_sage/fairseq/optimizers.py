@@ -1,11 +1,12 @@
-"""fairseq's ``--optimizer adam_sage | adamax_sage | sgd_sage | lion_sage``: adapters
+"""fairseq's ``--optimizer adam_sage | adamax_sage | sgd_sage | lion_sage | nadam_sage``: adapters
 over the torch classes.
 
 Each torch class of :data:`fairseq_sage.optim.optimizers.SAGE_OPTIMIZERS` gets its adapter,
 ``--optimizer NAME_sage``, made by :func:`register_adapter` from its registry entry: one flag per
 hyper-parameter, named as the entry declares it. The base optimizers' flags are fairseq's own
 (``--adam-betas``, ``--adam-eps``, ``--adamax-betas``, ``--adamax-eps``, ``--no-bias-correction``,
-``--momentum``, ``--weight-decay``), and ``--lion-betas`` for Lion, which fairseq does not have; SAGE adds
+``--momentum``, ``--weight-decay``), and ``--lion-betas``, ``--nadam-betas``, ``--nadam-eps``,
+``--momentum-decay`` for Lion and NAdam, which fairseq does not have; SAGE adds
 ``--sage-beta0``, ``--sage-eps`` and ``--sage-params``. Every ``--log-interval`` updates the
 adapters log statistics of the SAGE multipliers (:mod:`fairseq_sage.optim.diagnostics`), unless
 ``--no-sage-diagnostics``.

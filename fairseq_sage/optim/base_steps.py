@@ -21,7 +21,7 @@ Every implementation (:mod:`fairseq_sage.optim.implementations`) reads the regis
 ``numerator`` element-wise by its learning-rate multiplier. The arithmetic, and its order, is that of
 fairseq's ``adam`` and ``adamax``, of ``torch.optim.SGD`` and of Lion's paper, so that a parameter
 group with SAGE switched off gives the same bits as fairseq's and torch's optimizers on the reference
-path.
+path; NAdam is ``torch.optim.NAdam``'s, to float rounding.
 
 Weight decay is decoupled (as fairseq's ``adam`` and ``adamax`` do it, "AdamW"):
 θ ← θ − η·λ·θ before the step, at the scheduled learning rate η and never modulated by SAGE.
@@ -45,6 +45,7 @@ __all__ = [
     "ADAMAX",
     "SGD",
     "LION",
+    "NADAM",
     "BASES",
     "group_constants",
     "TensorScalars",
@@ -245,6 +246,53 @@ def lr_coefficients(group: dict, state: dict) -> Tuple[float]:
     return (group["lr"],)
 
 
+def nadam_momentum(group: dict, step: int) -> float:
+    """NAdam's momentum coefficient μ_t = β1·(1 − ½·0.96^(t·ψ)), ψ the momentum decay."""
+    return group["betas"][0] * (1 - 0.5 * 0.96 ** (step * group["momentum_decay"]))
+
+
+def nadam_advance(state: dict, group: dict) -> None:
+    """μ_product ← μ_product · μ_t, the product of the μ_i of updates 1 … t."""
+    state["mu_product"] *= nadam_momentum(group, state["step"])
+
+
+def nadam_coefficients(group: dict, state: dict) -> Tuple[float, float, float, float]:
+    """NAdam's numbers at update t, after :func:`nadam_advance`: η, the weight of g
+    (1 − μ_t)/(1 − Π_{i≤t} μ_i), the weight of m μ_{t+1}/(1 − Π_{i≤t+1} μ_i), and 1 − β2^t."""
+    step, product = state["step"], state["mu_product"]
+    momentum, next_momentum = nadam_momentum(group, step), nadam_momentum(group, step + 1)
+    return (
+        group["lr"],
+        (1 - momentum) / (1 - product),
+        next_momentum / (1 - product * next_momentum),
+        1 - group["betas"][1] ** step,
+    )
+
+
+def nadam_step_foreach(
+    constants: Constants, grads: List[Tensor], states: Dict[str, List[Tensor]], coefficients: Sequence[Scalars]
+) -> Steps:
+    """NAdam (Dozat, 2016) as ``torch.optim.NAdam`` defines it, with the coefficients of
+    :func:`nadam_coefficients` (weights a of g and b of m, the correction 1 − β2^t):
+
+        m ← β1·m + (1−β1)·g,   v ← β2·v + (1−β2)·g²,
+        numerator = a·g + b·m,   denominator = √(v/(1 − β2^t)) + eps.
+    """
+    gradient_weights, momentum_weights, corrections = coefficients
+    beta1, beta2 = constants.betas
+    exp_avgs, exp_avg_sqs = states["exp_avg"], states["exp_avg_sq"]
+    torch._foreach_mul_(exp_avgs, beta1)
+    torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+    numerators = torch._foreach_mul(grads, gradient_weights)
+    torch._foreach_add_(numerators, torch._foreach_mul(exp_avgs, momentum_weights))
+    denominators = torch._foreach_div(exp_avg_sqs, corrections)
+    torch._foreach_sqrt_(denominators)
+    torch._foreach_add_(denominators, constants.eps)
+    return numerators, denominators
+
+
 ADAM = BaseOptimizer(
     "adam",
     (lr_entry(1e-3), betas_entry((0.9, 0.999), "--adam-betas", "betas for Adam optimizer"),
@@ -269,7 +317,17 @@ LION = BaseOptimizer(
                      "sign(beta1*m + (1-beta1)*g), beta2 of the moving average m"), WEIGHT_DECAY),
     fixed_keys("exp_avg"), lion_step_foreach, lr_coefficients, kernel="lion",
 )
-BASES: Dict[str, BaseOptimizer] = {base.name: base for base in (ADAM, ADAMAX, SGD, LION)}
+NADAM = BaseOptimizer(
+    "nadam",
+    (lr_entry(2e-3), betas_entry((0.9, 0.999), "--nadam-betas", "betas for NAdam optimizer"),
+     eps_entry("--nadam-eps", "epsilon for NAdam optimizer"), WEIGHT_DECAY,
+     HyperParameter("momentum_decay", 4e-3, "nonnegative", "--momentum-decay",
+                    "momentum decay psi of NAdam's mu_t = beta1*(1 - 0.5*0.96^(t*psi))")),
+    fixed_keys("exp_avg", "exp_avg_sq"), nadam_step_foreach, nadam_coefficients, kernel="nadam",
+    scalar_state=(("mu_product", 1.0),), advance=nadam_advance,
+)
+
+BASES: Dict[str, BaseOptimizer] = {base.name: base for base in (ADAM, ADAMAX, SGD, LION, NADAM)}
 """Every base optimizer, by name."""
 
 

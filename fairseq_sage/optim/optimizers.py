@@ -1,4 +1,4 @@
-"""Adam-SAGE, Adamax-SAGE, SGD-SAGE and Lion-SAGE as ``torch.optim.Optimizer`` classes.
+"""Adam-SAGE, Adamax-SAGE, SGD-SAGE, Lion-SAGE and NAdam-SAGE as ``torch.optim.Optimizer`` classes.
 
 Each update of a tensor θ with gradient g is a chain of three transformations:
 
@@ -36,7 +36,7 @@ from .functional import sage_multiplier_
 from .hyperparameters import HyperParameter
 from .named_state import align_by_name
 
-__all__ = ["AdamSAGE", "AdamaxSAGE", "SGDSAGE", "LionSAGE", "DEFAULT_SAGE_EPS", "SAGE_OPTIMIZERS"]
+__all__ = ["AdamSAGE", "AdamaxSAGE", "SGDSAGE", "LionSAGE", "NAdamSAGE", "DEFAULT_SAGE_EPS", "SAGE_OPTIMIZERS"]
 
 DEFAULT_SAGE_EPS = 1e-12
 """Default ε of the SAGE multiplier (U + ε)/(Ī_c + ε).
@@ -66,8 +66,8 @@ KNOWN_HYPERPARAMETERS: Dict[str, HyperParameter] = hyperparameters.by_name(
 
 def check_hyperparameters(group: dict, names: Dict[str, str]) -> None:
     """Raise ValueError unless every hyper-parameter in ``group`` that the registry or SAGE declares
-    is a finite number within its bound: lr, eps, weight decay >= 0; the SAGE ε
-    > 0; β0, each β (a pair) and momentum in [0, 1).
+    is a finite number within its bound: lr, eps, weight decay, NAdam's momentum decay >= 0; the
+    SAGE ε > 0; β0, each β (a pair) and momentum in [0, 1).
 
     ``names`` maps a keyword ("beta0", "betas", ...) to the name the user knows it by (a fairseq flag).
     """
@@ -341,3 +341,13 @@ class LionSAGE(_SAGEOptimizer, base=base_steps.LION):
     then m ← β2·m + (1−β2)·g
     """
 
+
+class NAdamSAGE(_SAGEOptimizer, base=base_steps.NADAM):
+    """NAdam (``torch.optim.NAdam``) with SAGE learning-rate modulation; its weight decay is
+    decoupled, as that of the other SAGE optimizers (``torch.optim.NAdam(decoupled_weight_decay=True)``),
+    at η and never modulated.
+
+    With μ_t = β1·(1 − ½·0.96^(t·ψ)) (ψ: ``momentum_decay``) and v̂ = v/(1 − β2^t):
+    θ ← θ − η·λ·θ − η · [(1−μ_t)/(1−Π_{i≤t} μ_i) · g + μ_{t+1}/(1−Π_{i≤t+1} μ_i) · m]
+    ⊙ (U + ε_s)/(Ī_c + ε_s) / (√v̂ + eps)
+    """

@@ -39,7 +39,8 @@ namespace {
   X(Adam, "adam")            \
   X(Adamax, "adamax")        \
   X(Sgd, "sgd")              \
-  X(Lion, "lion")
+  X(Lion, "lion")            \
+  X(NAdam, "nadam")
 
 #define SAGE_ENUMERATOR(base, name) base,
 enum class Base { SAGE_KERNEL_BASES(SAGE_ENUMERATOR) };
@@ -117,6 +118,18 @@ inline Fraction base_step<Base::Lion>(float g, float* __restrict__ first, float*
   first[i] = m * k.beta2 + k.one_minus_beta2 * g;
   // sign, as torch.sign: 0 for 0 and for NaN
   return {static_cast<float>((interpolated > 0.0f) - (interpolated < 0.0f)), 1.0f};
+}
+
+// NAdam: t.coefficients are the weight of g, the weight of m and 1 − β2^t.
+template <>
+inline Fraction base_step<Base::NAdam>(float g, float* __restrict__ first,
+                                       float* __restrict__ second, int64_t i,
+                                       const GroupConstants& k, const TensorConstants& t) {
+  const float m = first[i] * k.beta1 + k.one_minus_beta1 * g;
+  const float v = second[i] * k.beta2 + k.one_minus_beta2 * (g * g);
+  first[i] = m;
+  second[i] = v;
+  return {t.coefficients[0] * g + t.coefficients[1] * m, std::sqrt(v / t.coefficients[2]) + k.eps};
 }
 
 // SAGE's multiplier (U + ε_s)/(Ī_c + ε_s) of element i, with weight w and gradient g, as a
