@@ -40,8 +40,9 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "fairseq-sage-average-checkpoints=fairseq_sage.tools.average_checkpoints:cli_main",
-            "fairseq-sage-analyze=fairseq_sage.tools.analysis.cli:cli_main",
+            # each entry quiets fairseq's import-time noise before running the tool (fairseq_sage/quiet.py)
+            "fairseq-sage-average-checkpoints=fairseq_sage.tools.entry_points:average_checkpoints",
+            "fairseq-sage-analyze=fairseq_sage.tools.entry_points:analyze",
         ]
     },
 )
