@@ -68,7 +68,8 @@ class Optimizer(Schema):
 
 
 class Selection(Schema):
-    set: str
+    set: Optional[str] = None  # BLEU of ``model`` on this set, beam search; none: the best greedy validation
+    # BLEU of the run's curve (fairseq-train --eval-bleu), which costs no beam search
     model: Literal["checkpoint_best", "checkpoint_avg"] = "checkpoint_best"
     seeds: List[StrictInt]
     max_widen: StrictInt = 2  # values each axis may gain by widening
@@ -112,12 +113,13 @@ class Study(Schema):
 
     @model_validator(mode="after")
     def known_names(self):
-        sets = [("selection.set", self.selection.set)] + [("score.sets", s) for s in self.score.sets]
+        sets = [("selection.set", self.selection.set)] if self.selection.set else []
+        sets += [("score.sets", s) for s in self.score.sets]
         sets += [("pruning.set", self.pruning.set)] if self.pruning else []
         for key, name in sets:
             if name not in self.data.sets:
                 raise ValueError(f"{key}: '{name}' is not one of data.sets ({', '.join(self.data.sets)})")
-        models = set(self.score.models) | {self.selection.model} | ({self.pruning.model} if self.pruning else set())
+        models = set(self.score.models) | ({self.selection.model} if self.selection.set else set()) | ({self.pruning.model} if self.pruning else set())
         if "checkpoint_avg" in models and self.train.average_last < 1:
             raise ValueError("train.average_last: give the epoch checkpoints to average (checkpoint_avg is used)")
         if self.train.budget_rule and self.train.budget_rule.optimizer not in self.optimizers:

@@ -14,7 +14,7 @@ from fairseq_sage.files import write_atomic
 from .config import StudyConfig
 from .plan import Run, number, seed_runs
 from .stats import bootstrap_reading, paired_difference, significant, t_interval, verdict
-from .study import PAIRED_FILE, Outcome, best_loss, outcome
+from .study import PAIRED_FILE, Outcome, best_loss, outcome, selection_score
 
 MODEL_LABELS = {"checkpoint_best": "checkpoint_best.pt"}
 LINE_STYLES = ["-", "--", ":", "-.", (0, (3, 1, 1, 1, 1, 1))]
@@ -112,15 +112,19 @@ class Report:
             if record is None:
                 rows.append([self.labels[run.optimizer], setting, "pending", "", "", "", ""])
                 continue
-            selection = self.study.selection
-            rows.append([self.labels[run.optimizer], setting, cell(record["scores"][selection.model][selection.set]["bleu"]),
+            rows.append([self.labels[run.optimizer], setting, cell(selection_score(self.config, record)),
                          cell(best_loss(record), ".3f"), cell(record["epochs"][-1]["loss"], ".3f"),
                          str(int(record["curve"][-1]["num_updates"])), cell(record["wall_seconds"], ".0f")])
+        return (f"### Grid (seed {self.study.selection.seeds[0]})\n\n" + table(
+            ["optimizer", "setting", "selection BLEU", "best valid loss", "last-epoch train loss", "updates",
+             "wall (s)"], rows) + f"\nSelection BLEU: {self.selection_text()}. Losses as fairseq logs them (bits "
+                                  "per token).\n")
+
+    def selection_text(self) -> str:
         selection = self.study.selection
-        return (f"### Grid (seed {selection.seeds[0]})\n\n" + table(
-            ["optimizer", "setting", f"{selection.set} BLEU", "best valid loss", "last-epoch train loss", "updates",
-             "wall (s)"], rows) + f"\n{selection.set} BLEU: `{selection.model}.pt`, beam {self.study.score.beam} "
-                                  "(the selection metric). Losses as fairseq logs them (bits per token).\n")
+        if selection.set is None:
+            return "the best greedy validation BLEU of the run's curve (fairseq-train --eval-bleu)"
+        return f"BLEU of {selection.model}.pt on {selection.set} (beam {self.study.score.beam})"
 
     def design_section(self) -> str:
         study = self.study
@@ -138,7 +142,7 @@ class Report:
         return ("### Design\n\n" + (study.report.design + "\n" if study.report.design else "")
                 + f"- **Budget**: {budget}.\n- **Grid** (seed {study.selection.seeds[0]}): {grids}; an axis whose best "
                   f"value is at an edge gets one value beyond it (at most {study.selection.max_widen} times). Selection "
-                  f"by the BLEU of {study.selection.model}.pt on {study.selection.set} (beam {study.score.beam}).\n"
+                  f"by the {self.selection_text()}.\n"
                 + f"- **Models scored**: {', '.join(map(self.model_label, study.score.models))}; beam "
                   f"{study.score.beam}, sacreBLEU and chrF on {', '.join(study.score.sets)}.\n" + pruning
                 + f"- **Seeds**: {', '.join(map(str, study.selection.seeds))} per best setting; 95 % t-intervals over "

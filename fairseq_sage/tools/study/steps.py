@@ -197,7 +197,8 @@ class RunSteps:
         if not self.train_only:
             if self.study.train.average_last:
                 self.average()
-            wanted = {(self.study.selection.model, self.study.selection.set)}
+            selection = self.study.selection
+            wanted = {(selection.model, selection.set)} if selection.set else set()
             wanted |= {(model, name) for model in self.study.score.models for name in self.study.score.sets}
             for model, name in sorted(wanted):
                 record["scores"].setdefault(model, {})[name] = self.score(model, name)

@@ -43,6 +43,8 @@ class Outcome:
 
 def selection_score(config: StudyConfig, record: dict) -> float:
     selection = config.study.selection
+    if selection.set is None:
+        return max(row["bleu"] for row in record["curve"])
     return record["scores"][selection.model][selection.set]["bleu"]
 
 
