@@ -4,6 +4,7 @@ statistics, widening and budget rule against values worked out by hand; the laun
 import gzip
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -218,3 +219,37 @@ def test_launchers_return_results_in_order_and_raise_a_failure(tmp_path):
     assert submitit.launch(pow, [(2, 3), (3, 2)]) == [8, 9]
     with pytest.raises(StepError, match="^ZeroDivisionError: integer division"):
         submitit.launch(divmod, [(1, 0)])
+
+
+def test_report_regenerates_docs_results_from_the_multi30k_records(tmp_path):
+    """docs/results.md is `fairseq-sage-study report studies/multi30k/converged.toml`: the same text (every
+    BLEU, chrF, interval, p-value, cost and grid number) from the committed records, here written elsewhere."""
+    config = (REPO / "studies" / "multi30k" / "converged.toml").read_text()
+    config = config.replace('records = "records/converged"', f'records = "{REPO}/studies/multi30k/records/converged"')
+    config = config.replace('path = "../../docs/results.md"', f'path = "{tmp_path}/results.md"')
+    (tmp_path / "converged.toml").write_text(config)
+    result = study_cli("report", tmp_path / "converged.toml", cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    regenerated = (tmp_path / "results.md").read_text().replace(str(tmp_path / "converged.toml"),
+                                                                "studies/multi30k/converged.toml")
+    assert regenerated == (REPO / "docs" / "results.md").read_text()
+    assert "| Adam-SAGE | 1.2e-2 | 0.6 | 5 of 5 | 0.536 | 6.43e-03 | 3088 | 2671 |" in regenerated
+    for name in ("validation_curves.png", "sage_multiplier.png", "pruning.png"):
+        assert (tmp_path / "figures" / "multi30k" / "converged" / name).stat().st_size > 10_000
+
+
+def test_the_readme_quotes_the_converged_verdict_of_docs_results():
+    """The README quotes, per test set, the paired difference, its interval and significance that
+    docs/results.md's verdict states (a study whose verdict changes cannot leave the README quoting the old one)."""
+    results = (REPO / "docs" / "results.md").read_text()
+    readme = " ".join((REPO / "README.md").read_text().split())  # the paragraph's line breaks folded
+    verdict = results.split("### Verdict", 1)[1].split("###", 1)[0]
+    for test in ("test2016", "test2017"):
+        found = re.search(rf"^- {test}: Adam-SAGE ([+-]\d+\.\d\d) ± (\d+\.\d\d) BLEU \(95 % CI of the paired "
+                          rf"difference over (\d+) seeds\), (not significant|significant: [^;]+); paired bootstrap "
+                          rf"of the best seed pair: p = (\d\.\d{{4}})(?: \(.+\))?\.$", verdict, re.M)
+        assert found, f"docs/results.md has no verdict for {test}:\n{verdict}"
+        mean, half, seeds, significance, p_value = found.groups()
+        quote = (f"{test}: Adam-SAGE {mean} ± {half} BLEU over {seeds} seeds, {significance} "
+                 f"(paired bootstrap of the best seed pair: p = {p_value})")
+        assert quote in readme, f"README.md should quote: {quote}"
