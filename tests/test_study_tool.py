@@ -133,7 +133,7 @@ def test_a_tiny_study_killed_mid_training_resumes_to_the_report_its_records_give
 @pytest.mark.parametrize("edit, message", [
     (("[selection]", "[selection]\ncolour = 1"), "selection.colour: unknown key"),
     (("lr = [3e-3, 1e-2] }}\n\n[optimizers.adam_sage]", 'lr = [3e-3, "1e-2"] }}\n\n[optimizers.adam_sage]'),
-     "optimizers.adam.grid.lr.1.int: Input should be a valid integer (got '1e-2')"),
+     "optimizers.adam.grid.lr.1: should be a number (got '1e-2')"),
     (("[selection]", '[selection]\nset = "dev"'), "selection.set: 'dev' is not one of data.sets (valid, test)"),
 ])
 def test_a_config_error_is_one_line_naming_the_key(tmp_path, capsys, edit, message):

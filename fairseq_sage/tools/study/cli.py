@@ -37,8 +37,9 @@ def plan(config: StudyConfig) -> str:
     updates = result.max_update or study.train.budget_rule.max_update
     measured = [(r["wall_seconds"], r["curve"][-1]["num_updates"]) for r in result.records.values() if r["curve"]]
     rate = sum(s for s, _ in measured) / sum(u for _, u in measured) if measured else None
-    cost = (f"≈ {runs * updates * rate / 3600:.1f} h of training at the {rate:.2f} s per update measured in its "
-            f"{len(measured)} recorded runs" if rate else "(no run recorded yet to measure its speed)")
+    cost = (f"≈ {runs * updates * rate / study.jobs / 3600:.1f} h of training at the {rate:.2f} s per update (per run, "
+            f"{study.jobs} at once) measured in its {len(measured)} recorded runs" if rate else
+            "no run recorded yet to measure its speed")
     lines = [f"{study.name}: {len(grid)} grid runs + {seeds} more seeds of each of {len(study.optimizers)} best "
              f"settings = {runs} runs of {updates} updates{' (budget run first)' if study.train.budget_rule else ''}, "
              f"{study.jobs} at once; {cost}; {len(result.records)} recorded in {shown(config.records)}."]

@@ -131,8 +131,11 @@ class Study(Schema):
 
 def _message(error: ValidationError) -> str:
     first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"])
+    location = first["loc"]
     text = first["msg"].removeprefix("Value error, ")
+    if location and location[-1] in ("int", "float"):  # a grid value: StrictInt | StrictFloat
+        location, text = location[:-1], "should be a number"
+    key = ".".join(str(part) for part in location)
     if first["type"] == "extra_forbidden":
         text = "unknown key"
     elif "input" in first and not isinstance(first["input"], (dict, list)):
