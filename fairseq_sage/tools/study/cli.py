@@ -9,7 +9,6 @@
 """
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -54,6 +53,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("config", type=Path, help="the study's TOML file")
     parser.add_argument("--jobs", type=int, help="runs at once (default: the config's jobs)")
     parser.add_argument("--slurm", metavar="PARTITION", help="run each training as a SLURM job (submitit)")
+    parser.add_argument("--hours", type=int, default=72, help="a SLURM job's time limit (default: 72)")
     args = parser.parse_args(argv)
     try:
         config = StudyConfig(args.config)
@@ -65,7 +65,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(progress.table())
         elif args.verb == "run":
             jobs = args.jobs or config.study.jobs
-            launcher = (SubmititLauncher(config.workdir / "submitit", slurm_partition=args.slurm, cpus_per_task=os.cpu_count())
+            launcher = (SubmititLauncher(config.workdir / "submitit", slurm_partition=args.slurm, timeout_min=args.hours * 60)
                         if args.slurm else LocalLauncher(jobs))
             run_study(config, launcher)
         if args.verb in ("run", "report"):

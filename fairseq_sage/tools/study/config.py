@@ -124,6 +124,8 @@ class Study(Schema):
             raise ValueError("train.average_last: give the epoch checkpoints to average (checkpoint_avg is used)")
         if self.train.budget_rule and self.train.budget_rule.optimizer not in self.optimizers:
             raise ValueError(f"train.budget_rule.optimizer: '{self.train.budget_rule.optimizer}' is not an optimizer")
+        if (self.selection.set is None or self.train.budget_rule) and "--eval-bleu" not in self.train.flags:
+            raise ValueError("train.flags: add --eval-bleu (the validation BLEU curve selects or sets the budget)")
         if len(set(self.selection.seeds)) != len(self.selection.seeds) or not self.selection.seeds:
             raise ValueError("selection.seeds: give one or more distinct seeds")
         return self

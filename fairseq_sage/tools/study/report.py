@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Sequence
 
 from matplotlib.figure import Figure
 
-from fairseq_sage.files import write_atomic
+from fairseq_sage.files import replaced_atomically, write_atomic
 
 from .config import StudyConfig
 from .plan import Run, number, seed_runs
@@ -215,9 +215,8 @@ class Report:
     @staticmethod
     def save(figure: Figure, folder: Path, name: str, caption: str) -> tuple:
         folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / f".{name}.partial", "wb") as handle:
-            figure.savefig(handle, format="png", dpi=110, metadata={"Software": None})
-        (folder / f".{name}.partial").replace(folder / name)
+        with replaced_atomically(folder / name) as partial:
+            figure.savefig(partial, format="png", dpi=110, metadata={"Software": None})
         return name, caption
 
     def markdown(self, figures: List[tuple], figure_folder: str, config_shown: str) -> str:

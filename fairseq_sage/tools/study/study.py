@@ -8,7 +8,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Dict, List, Optional
 
 from fairseq_sage.files import write_atomic
