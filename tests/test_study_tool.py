@@ -19,7 +19,8 @@ from fairseq_sage.tools.study.config import StudyConfig
 from fairseq_sage.tools.study.launch import LocalLauncher, SubmititLauncher
 from fairseq_sage.tools.study.plan import Run, beyond, budget_from_curve, number, widen
 from fairseq_sage.tools.study.stats import paired_bootstrap, paired_difference, t_interval
-from fairseq_sage.tools.study.steps import StepError, parse_json_log
+from fairseq_sage.tools.study.steps import StepError, parse_json_log, write_record
+from fairseq_sage.tools.study.study import outcome
 
 TINY_STUDY = """
 name = "tiny"
@@ -253,3 +254,34 @@ def test_the_readme_quotes_the_converged_verdict_of_docs_results():
         quote = (f"{test}: Adam-SAGE {mean} ± {half} BLEU over {seeds} seeds, {significance} "
                  f"(paired bootstrap of the best seed pair: p = {p_value})")
         assert quote in readme, f"README.md should quote: {quote}"
+
+
+def test_outcome_replays_budget_selection_and_widening_from_records(tmp_path):
+    """The study's decisions are functions of its records: the budget from the budget run's curve, the best
+    grid run by the curve's greedy BLEU (selection without a set), an lr beyond the grid's edge, then the seeds."""
+    text = (TINY_STUDY.replace("max_update = 24", 'budget_rule = {{ optimizer = "adam", setting = {{ lr = 3e-3 }}, '
+                               "max_update = 40, smooth = 1, tail = 0.5, min_gain = 0.5 }}")
+            .replace("max_widen = 0", "max_widen = 1"))
+    config = StudyConfig(write_study(tmp_path, tmp_path, text))
+    records = tmp_path / "records"
+
+    def record(name, bleus, run=None):
+        curve = [{"num_updates": 10.0 * (i + 1), "bleu": b, "loss": 5.0 - i} for i, b in enumerate(bleus)]
+        write_record(records / f"{name}.json.gz", {"curve": curve, "train": [], "epochs": [], "wall_seconds": 1.0,
+                                                   "scores": {}})
+
+    assert outcome(config).max_update is None  # no budget run recorded yet
+    record("budget", [10, 14, 15, 15.2])  # gains over the best up to half: at 30, 15 - 10; at 40, 15.2 - 14: none < 0.5
+    result = outcome(config)
+    assert result.max_update == 40 and [r.name for r in result.pending(result.grid)] == [
+        "adam-lr=3e-3-seed=1", "adam-lr=1e-2-seed=1", "adam_sage-lr=1e-2-seed=1"]
+    record("adam-lr=3e-3-seed=1", [1, 2])
+    record("adam-lr=1e-2-seed=1", [1, 3])  # best, at the top edge: widened to 1.7e-2
+    record("adam_sage-lr=1e-2-seed=1", [4])  # a one-value axis is not widened
+    result = outcome(config)
+    assert [r.name for r in result.pending(result.grid)] == ["adam-lr=1.7e-2-seed=1"]
+    record("adam-lr=1.7e-2-seed=1", [2.5])  # worse: widening stops (and max_widen = 1 is reached)
+    result = outcome(config)
+    assert {o: r.name for o, r in result.chosen.items()} == {"adam": "adam-lr=1e-2-seed=1",
+                                                              "adam_sage": "adam_sage-lr=1e-2-seed=1"}
+    assert [r.name for r in result.pending(result.finals)] == ["adam-lr=1e-2-seed=2", "adam_sage-lr=1e-2-seed=2"]
