@@ -1,6 +1,7 @@
 """fairseq-sage-study: a whole tiny study killed mid-training and resumed; configuration errors; the
 statistics, widening and budget rule against values worked out by hand; the launchers."""
 
+import fcntl
 import gzip
 import json
 import os
@@ -285,3 +286,13 @@ def test_outcome_replays_budget_selection_and_widening_from_records(tmp_path):
     assert {o: r.name for o, r in result.chosen.items()} == {"adam": "adam-lr=1e-2-seed=1",
                                                               "adam_sage": "adam_sage-lr=1e-2-seed=1"}
     assert [r.name for r in result.pending(result.finals)] == ["adam-lr=1e-2-seed=2", "adam_sage-lr=1e-2-seed=2"]
+
+
+def test_a_second_run_of_the_same_study_is_refused_while_one_runs(tmp_path, capsys):
+    config = write_study(tmp_path, tmp_path / "missing")
+    (tmp_path / "work").mkdir()
+    with open(tmp_path / "work" / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert cli.main(["run", str(config)]) == 1
+    assert capsys.readouterr().err == (f"fairseq-sage-study: error: {tmp_path}/work: a study is already running "
+                                       "there (see its progress.md)\n")

@@ -2,6 +2,7 @@
 edge), the seeds of each best setting, the paired bootstrap of the best seed pair; and what the
 records say of it (:func:`outcome`), which both ``run`` and ``report`` read."""
 
+import fcntl
 import json
 import subprocess
 import sys
@@ -190,10 +191,17 @@ def launch(config: StudyConfig, launcher, progress: Progress, runs: List[Run], m
 
 
 def run_study(config: StudyConfig, launcher) -> Outcome:
-    """Run (or resume) the whole study; what is recorded is not run again."""
+    """Run (or resume) the whole study; what is recorded is not run again. One ``run`` per work folder
+    at a time (a lock held while it runs)."""
+    config.workdir.mkdir(parents=True, exist_ok=True)
+    lock = open(config.workdir / ".lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ConfigError(f"{config.workdir}: a study is already running there (see its progress.md)") from None
     prepare_data(config)
     config.records.mkdir(parents=True, exist_ok=True)
-    with Progress(config) as progress:
+    with lock, Progress(config) as progress:
         rule = config.study.train.budget_rule
         if rule:
             launch(config, launcher, progress, [budget_run(config.study)], rule.max_update, True, "budget")
@@ -203,6 +211,6 @@ def run_study(config: StudyConfig, launcher) -> Outcome:
             result = outcome(config)
         launch(config, launcher, progress, result.pending(result.finals), result.max_update)
         result = outcome(config)
-    if config.study.score.paired_bootstrap and len(result.pair) > 1:
-        write_paired(config, result)
+        if config.study.score.paired_bootstrap and len(result.pair) > 1:
+            write_paired(config, result)
     return result
