@@ -112,6 +112,7 @@ def test_a_tiny_study_killed_mid_training_resumes_to_the_report_its_records_give
         record = json.loads(gzip.decompress((tmp_path / "study" / "records" / f"{run_dir.name}.json.gz").read_bytes()))
         assert record["curve"][-1]["num_updates"] == 24
     report = (work / "report.md").read_text()
+    assert "| adam-lr=3e-3-seed=1 | 24 / 24 |" in (work / "progress.md").read_text()
 
     # the verdict's paired difference, from the records by hand
     recs = {p.name: json.loads(gzip.decompress(p.read_bytes())) for p in records}

@@ -60,9 +60,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.verb == "plan":
             print(plan(config))
         elif args.verb == "status":
-            progress, result = Progress(config), outcome(config)
-            progress.runs = {run.name: result.max_update or 0 for run in dict.fromkeys(result.grid + result.finals)}
-            print(progress.table())
+            progress = Progress(config)
+            progress.track(outcome(config))
+            print(progress.table(eta=False) + f"\nThe ETA of a running study: {shown(config.workdir / 'progress.md')}")
         elif args.verb == "run":
             jobs = args.jobs or config.study.jobs
             launcher = (SubmititLauncher(config.workdir / "submitit", slurm_partition=args.slurm, timeout_min=args.hours * 60)

@@ -149,22 +149,28 @@ class Progress:
                 done = max(done, int(float(row.get("num_updates", row.get("train_num_updates", row.get("valid_num_updates", 0))))))
         return done
 
-    def table(self) -> str:
+    def table(self, eta: bool = True) -> str:
         done = {name: self.updates(name) for name in self.runs}
         for name, value in done.items():
             self.first.setdefault(name, value)
         gained = sum(done[n] - self.first[n] for n in done)
         rate = gained / max(time.time() - self.start, 1e-9)
         left = sum(self.runs[n] - done[n] for n in done)
-        eta = f"{left / rate / 60:.0f} min" if rate > 0 else "not yet measured"
+        eta_text = f"{left / rate / 60:.0f} min" if rate > 0 else "not yet measured"
         rows = "".join(f"| {n} | {done[n]} / {self.runs[n]} |\n" for n in self.runs)
         if self.bars is not None:
             from tqdm import tqdm
             for i, name in enumerate(self.runs):
                 bar = self.bars.setdefault(name, tqdm(total=self.runs[name], desc=name, position=i, leave=False))
                 bar.update(done[name] - bar.n)
-        return (f"# {self.config.study.name}: progress\n\n{left} updates left at {rate:.2f} updates/s "
-                f"(measured since this run started): ETA {eta}.\n\n| run | updates |\n| --- | --- |\n{rows}")
+        speed = f" at {rate:.2f} updates/s (measured since this run started): ETA {eta_text}" if eta else ""
+        return (f"# {self.config.study.name}: progress\n\n{left} updates left{speed}.\n\n"
+                f"| run | updates |\n| --- | --- |\n{rows}")
+
+    def track(self, result: Outcome) -> Outcome:
+        """Show every run of ``result``'s grid and seeds (those known so far)."""
+        self.runs.update({run.name: result.max_update or 0 for run in result.grid + result.finals})
+        return result
 
     def refresh(self) -> None:
         write_atomic(self.config.workdir / "progress.md", self.table())
@@ -183,10 +189,8 @@ class Progress:
             bar.close()
 
 
-def launch(config: StudyConfig, launcher, progress: Progress, runs: List[Run], max_update: int,
-           train_only: bool = False, name: str = None) -> None:
-    for run in runs:
-        progress.runs[name or run.name] = max_update
+def launch(config: StudyConfig, launcher, runs: List[Run], max_update: int, train_only: bool = False,
+           name: str = None) -> None:
     launcher.launch(complete_run, [(str(config.path), run, max_update, train_only, name) for run in runs])
 
 
@@ -204,13 +208,14 @@ def run_study(config: StudyConfig, launcher) -> Outcome:
     with lock, Progress(config) as progress:
         rule = config.study.train.budget_rule
         if rule:
-            launch(config, launcher, progress, [budget_run(config.study)], rule.max_update, True, "budget")
-        result = outcome(config)
+            progress.runs["budget"] = rule.max_update
+            launch(config, launcher, [budget_run(config.study)], rule.max_update, True, "budget")
+        result = progress.track(outcome(config))
         while result.pending(result.grid) or not result.chosen:
-            launch(config, launcher, progress, result.pending(result.grid), result.max_update)
-            result = outcome(config)
-        launch(config, launcher, progress, result.pending(result.finals), result.max_update)
-        result = outcome(config)
+            launch(config, launcher, result.pending(result.grid), result.max_update)
+            result = progress.track(outcome(config))
+        launch(config, launcher, result.pending(result.finals), result.max_update)
+        result = progress.track(outcome(config))
         if config.study.score.paired_bootstrap and len(result.pair) > 1:
             write_paired(config, result)
     return result
