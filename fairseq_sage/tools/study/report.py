@@ -171,10 +171,11 @@ class Report:
             bleu_axes, loss_axes = figure.subplots(1, 2)
             for i, opt in enumerate(self.result.chosen):
                 for j, run in enumerate(r for r in self.seeds(opt) if r in self.result.records):
-                    curve = [row for row in self.result.records[run]["curve"] if "bleu" in row]
+                    curve = self.result.records[run]["curve"]
+                    bleu = [row for row in curve if "bleu" in row]  # with fairseq-train --eval-bleu
                     style = dict(color=f"C{i}", linestyle=LINE_STYLES[j % len(LINE_STYLES)], marker="o", markersize=3,
                                  label=f"{self.labels[opt]} seed {run.seed}")
-                    bleu_axes.plot([r["num_updates"] for r in curve], [r["bleu"] for r in curve], **style)
+                    bleu_axes.plot([r["num_updates"] for r in bleu], [r["bleu"] for r in bleu], **style)
                     loss_axes.plot([r["num_updates"] for r in curve], [r["loss"] for r in curve], **style)
             for axes, label in ((bleu_axes, "validation BLEU (greedy)"), (loss_axes, "validation loss")):
                 axes.set_xlabel("updates")
