@@ -5,7 +5,7 @@ from typing import Optional
 
 from ..quiet import quiet_entry
 
-__all__ = ["analyze", "average_checkpoints"]
+__all__ = ["analyze", "average_checkpoints", "study"]
 
 
 def analyze() -> None:
@@ -22,3 +22,11 @@ def average_checkpoints() -> Optional[int]:
     from .average_checkpoints import cli_main
 
     return cli_main()
+
+
+def study() -> int:
+    """``fairseq-sage-study`` and ``python -m fairseq_sage.tools.study``."""
+    quiet_entry()
+    from .study.cli import main
+
+    return main()
