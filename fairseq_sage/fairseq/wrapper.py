@@ -18,6 +18,10 @@ fairseq's own optimizers tell :class:`~fairseq_sage.optim.wrapper.SAGE` how they
 (θ·(1 − η·λ)), ``adafactor`` too (with its relative step size ρ where it has one, λ·ρ; with
 ``--scale-parameter`` and a weight decay it is refused); ``sgd`` and ``adagrad`` add λ·θ
 to the gradient. ``--zero-sharding os`` rebuilds the optimizer from its class and is refused.
+
+The optimizer state in a checkpoint records its base (``"sage"``'s ``base``): a run resumed with
+another ``--sage-base`` stops with one line naming ``--reset-optimizer``, rather than failing at its
+first update on state the new base does not read.
 """
 
 import argparse
@@ -168,8 +172,8 @@ def foreign_state_error(base: torch.optim.Optimizer, groups: List[dict], state_d
         probe.step()
     except KeyError as err:
         return f"KeyError {err}"
-    except (TypeError, ValueError, RuntimeError):  # a probe this class cannot take: the real step decides
-        return None
+    except (TypeError, ValueError, RuntimeError):
+        pass  # a probe this class cannot take: the real step decides
     return None
 
 
@@ -194,7 +198,7 @@ class FairseqSAGE(_FairseqSAGE):
         return self.base.optimizer_config
 
     @property
-    def base_name(self) -> str:
+    def base_name(self) -> Optional[str]:
         """The ``--sage-base`` this optimizer wraps."""
         return config_value(self.cfg, "sage_base", None)
 
@@ -245,7 +249,7 @@ class FairseqSAGE(_FairseqSAGE):
                     f"optimizer afresh (or resume with the --sage-base of the checkpoint's run)")
 
     def _build_optimizer(self, params) -> SAGE:
-        name = config_value(self.cfg, "sage_base", None)
+        name = self.base_name
         problem = "--optimizer sage needs --sage-base NAME" if name is None else why_not_wrappable(name)
         if problem:
             raise SageFlagError(f"{problem}; valid names: {', '.join(wrappable_bases())}")
