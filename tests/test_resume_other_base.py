@@ -86,3 +86,36 @@ def test_an_older_checkpoint_of_the_same_base_resumes(first_runs, toy_data_bin, 
     assert state["optimizer_history"][-1]["num_updates"] == 4
     entries = state["last_optimizer_state"]["state"].values()
     assert all(entry["step"] == 4 and entry["sage_step"] == 4 for entry in entries)
+
+
+def saved_state_without_base(base, layer):
+    """The state dict of --sage-base ``base`` after one update of ``layer``, its base's record removed."""
+    from test_fairseq_wrapper import build
+
+    optimizer = build(list(layer.parameters()), "--sage-base", base)
+    layer(torch.randn(4, 3)).square().sum().backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    state_dict = optimizer.state_dict()
+    del state_dict["sage"]["base"]
+    return state_dict
+
+
+@pytest.mark.parametrize("saved, resumed, error", [
+    ("adam", "adamax", "KeyError 'exp_inf'"), ("adamax", "adam", "KeyError 'exp_avg_sq'"),
+    ("nag", "sgd", "KeyError 'dampening'"), ("nag", "adafactor", "KeyError 'exp_avg_sq'"),
+] + [(base, base, None) for base in ("adam", "adamax", "nag", "sgd", "adafactor", "adagrad")])
+def test_the_probe_of_an_older_state_finds_another_bases_state_only(saved, resumed, error):
+    """Probed on the smallest weight, the bias: Adafactor keeps an unfactored ``exp_avg_sq`` for it."""
+    from test_fairseq_wrapper import build
+    from fairseq_sage.fairseq.wrapper import foreign_state_error
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(3, 2)
+    state_dict = saved_state_without_base(saved, layer)
+    optimizer = build(list(layer.parameters()), "--sage-base", resumed)
+    before = {name: p.detach().clone() for name, p in layer.named_parameters()}
+    settings = {k: v for k, v in optimizer.optimizer_config.items() if k != "lr"}
+    assert foreign_state_error(optimizer.optimizer.optimizer, optimizer.optimizer.param_groups, state_dict,
+                               settings) == error
+    assert all(torch.equal(p, before[name]) for name, p in layer.named_parameters())  # the probe steps a copy

@@ -27,6 +27,7 @@ first update on state the new base does not read.
 import argparse
 import copy
 import importlib.util
+import inspect
 from typing import List, Optional
 
 from fairseq.dataclass.utils import gen_parser_from_dataclass
@@ -145,12 +146,21 @@ def base_config(cfg: argparse.Namespace, name: str):
     return OmegaConf.structured(structured)  # as fairseq hands it over (betas as a list, say)
 
 
+def constructor_arguments(cls: type, defaults: dict) -> dict:
+    """The entries of an optimizer's ``defaults`` that its class's constructor takes (torch may add
+    others, such as ``differentiable``, that fairseq's own optimizer classes do not accept)."""
+    parameters = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return dict(defaults)
+    return {key: value for key, value in defaults.items() if key in parameters}
+
+
 def foreign_state_error(base: torch.optim.Optimizer, groups: List[dict], state_dict: dict,
                         settings: dict) -> Optional[str]:
     """What goes wrong when ``base``'s class steps once on a copy of the saved state (group and
     per-weight entry, SAGE's own keys left out) of the smallest weight that has one, with this
     run's ``settings`` applied as a resumed run applies them; None where the step runs or where
-    the class cannot be probed so (its constructor does not take its ``defaults``, say).
+    the class cannot be probed so.
 
     A state written by another optimizer lacks what this one reads (Adam's ``exp_avg_sq`` for
     Adamax's ``exp_inf``, SGD's ``dampening`` in NAG's group) and fails as a KeyError.
@@ -167,7 +177,7 @@ def foreign_state_error(base: torch.optim.Optimizer, groups: List[dict], state_d
     owner = next((g for g in state_dict["param_groups"] if index in g["params"]), state_dict["param_groups"][0])
     group = dict({k: v for k, v in owner.items() if k != "params"}, **settings, params=[0])
     try:
-        probe = type(base)([weight], **base.defaults)
+        probe = type(base)([weight], **constructor_arguments(type(base), base.defaults))
         probe.load_state_dict({"state": {0: copy.deepcopy(entries[index])}, "param_groups": [group]})
         probe.step()
     except KeyError as err:
