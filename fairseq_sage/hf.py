@@ -17,19 +17,33 @@ from transformers import TrainerCallback
 
 from .optim.diagnostics import sage_statistics
 
-__all__ = ["SAGEStatisticsCallback", "add_sage_statistics"]
+__all__ = ["SAGEStatisticsCallback", "add_sage_statistics", "sage_optimizer"]
+
+
+def sage_optimizer(optimizer):
+    """The SAGE optimizer in ``optimizer``: itself, or the one a wrapper (accelerate's
+    ``AcceleratedOptimizer``) holds as ``optimizer``, at any depth; None where there is none (a
+    plain AdamW, say)."""
+    seen = set()
+    while optimizer is not None and id(optimizer) not in seen:
+        if hasattr(optimizer, "sage_param_groups"):
+            return optimizer
+        seen.add(id(optimizer))
+        optimizer = getattr(optimizer, "optimizer", None)
+    return None
 
 
 class SAGEStatisticsCallback(TrainerCallback):
-    """Adds the SAGE multiplier statistics of each logged update to the Trainer's logs."""
+    """Adds the SAGE multiplier statistics of each logged update to the Trainer's logs; with an
+    optimizer without SAGE (a plain AdamW) it adds nothing."""
 
     def __init__(self):
         self.statistics = {}
 
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
-        if optimizer is not None and state.logging_steps and (state.global_step + 1) % state.logging_steps == 0:
-            optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper holds ours
-            self.statistics = sage_statistics(optimizer.sage_param_groups, optimizer.state)
+        sage = sage_optimizer(optimizer)
+        if sage is not None and state.logging_steps and (state.global_step + 1) % state.logging_steps == 0:
+            self.statistics = sage_statistics(sage.sage_param_groups, sage.state)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is not None and "loss" in logs:

@@ -76,3 +76,21 @@ def train_args(data_bin: Path, save_dir: Path, *extra) -> list:
         # epoch boundary ("terminate called without an active exception"; docs/reliability.md)
         "--num-workers", "0", "--data-buffer-size", "0", *extra,
     ]
+
+
+@pytest.fixture
+def unwritable_folder(tmp_path):
+    """A folder in which this process cannot create files: a read-only one; as root, for whom
+    permissions do not bind, /sys (the kernel refuses new files there to everyone)."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    probe = folder / "probe"
+    try:
+        probe.touch()
+    except PermissionError:
+        yield folder
+    else:
+        probe.unlink()
+        yield Path("/sys")
+    folder.chmod(0o755)

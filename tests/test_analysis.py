@@ -233,3 +233,56 @@ def test_bad_input_stops_with_one_line(case, message, toy_data_bin, checkpoint, 
     assert text.startswith("fairseq-sage-analyze: error: ") and "\n" not in text
     assert message.format(missing=missing, data=toy_data_bin) in text
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def language_model(toy_data_bin, tmp_path_factory):
+    """A language-model data-bin (fairseq-preprocess --only-source of the toy sources) and a
+    transformer_lm trained on it for two updates: (data-bin, checkpoint)."""
+    folder = tmp_path_factory.mktemp("lm")
+    raw = toy_data_bin.parent
+    run_fairseq("preprocess", "--only-source", "--trainpref", raw / "train.src", "--validpref", raw / "valid.src",
+                "--destdir", folder / "data-bin", "--workers", "1")
+    run_fairseq("train", folder / "data-bin", "--task", "language_modeling", "--arch", "transformer_lm",
+                "--decoder-layers", "1", "--decoder-embed-dim", "16", "--decoder-ffn-embed-dim", "16",
+                "--decoder-attention-heads", "2", "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "256",
+                "--tokens-per-sample", "32", "--max-update", "2", "--cpu", "--save-dir", folder / "checkpoints",
+                "--no-epoch-checkpoints", "--disable-validation", "--num-workers", "0")
+    return folder / "data-bin", folder / "checkpoints" / "checkpoint_last.pt"
+
+
+@pytest.mark.parametrize("case", ["empty_data", "lm_data", "lm_checkpoint", "unwritable_output", "output_under_a_file"])
+def test_the_cli_stops_on_what_it_cannot_analyse_with_one_line(
+        case, toy_data_bin, checkpoint, language_model, tmp_path, unwritable_folder):
+    lm_data, lm_checkpoint = language_model
+    empty, blocker = tmp_path / "empty", tmp_path / "notes.txt"
+    empty.mkdir()
+    blocker.write_text("kept\n")
+    output = {"unwritable_output": unwritable_folder / "out", "output_under_a_file": blocker / "out"}.get(
+        case, tmp_path / "out")
+    data, model = {"empty_data": (empty, checkpoint), "lm_data": (lm_data, checkpoint),
+                   "lm_checkpoint": (toy_data_bin, lm_checkpoint)}.get(case, (toy_data_bin, checkpoint))
+    translation_data = "give the fairseq-preprocess output of the translation corpus the model was trained on, " \
+                       "with its train and --gen-subset splits"
+    expected = {
+        "empty_data": f"DATA_BIN {empty}: no dictionaries of a translation corpus (dict.SRC.txt and dict.TGT.txt); "
+                      + translation_data,
+        "lm_data": f"DATA_BIN {lm_data}: no dictionaries of a translation corpus (dict.SRC.txt and dict.TGT.txt); "
+                   + translation_data,
+        "lm_checkpoint": f"--path {lm_checkpoint}: a model of fairseq's language_modeling task; the analysis "
+                         "needs a translation model (fairseq-train --task translation)",
+        "unwritable_output": f"--output-dir {output}: cannot create files in {unwritable_folder} (Permission denied); "
+                             "give a folder you can write to",
+        "output_under_a_file": f"--output-dir {output}: {blocker} is a file, not a folder; give a folder you can write to",
+    }[case]
+    before = sorted(unwritable_folder.iterdir())
+    proc = subprocess.run(
+        [sys.executable, "-m", "fairseq_sage.tools.analysis", data, "--path", model, "--output-dir", output,
+         "--num-batches", "1", "--prune-levels", "0", "--cpu"],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert errors == [f"fairseq-sage-analyze: error: {expected}"] == proc.stderr.splitlines()[-1:], proc.stderr[-3000:]
+    assert not (tmp_path / "out").exists() and not any(empty.iterdir())
+    assert blocker.read_text() == "kept\n" and sorted(unwritable_folder.iterdir()) == before

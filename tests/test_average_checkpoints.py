@@ -249,3 +249,35 @@ def test_output_is_written_atomically(tmp_path, monkeypatch):
         cli_main(["--inputs", *map(str, paths), "--output", str(out)])
     assert out.read_bytes() == b"previous result"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["avg.pt", "c1.pt", "c2.pt"]
+
+
+def average_cli(*argv):
+    """The real command line: ``python -m fairseq_sage.tools.average_checkpoints ARGV``."""
+    return subprocess.run([sys.executable, "-m", "fairseq_sage.tools.average_checkpoints", *map(str, argv)],
+                          cwd=REPO, capture_output=True, text=True)
+
+
+def assert_one_error_line(proc, expected):
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [f"fairseq-sage-average-checkpoints: error: {expected}"], proc.stderr
+
+
+def test_an_output_in_an_unwritable_folder_is_one_line_before_any_work(tmp_path, unwritable_folder):
+    good = save(fake_checkpoint(torch.zeros(2, 2), torch.zeros(2), 1), tmp_path / "good.pt")
+    before = sorted(unwritable_folder.iterdir())
+    for output in (unwritable_folder / "avg.pt", unwritable_folder / "new" / "avg.pt"):
+        assert_one_error_line(average_cli("--inputs", good, "--output", output), (
+            f"--output {output}: cannot create files in {unwritable_folder} (Permission denied); "
+            "give a path in a folder you can write to"))
+    assert sorted(unwritable_folder.iterdir()) == before
+
+
+def test_an_output_under_a_file_is_one_line_and_the_file_is_kept(tmp_path):
+    good = save(fake_checkpoint(torch.zeros(2, 2), torch.zeros(2), 1), tmp_path / "good.pt")
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("kept\n")
+    for output in (blocker / "avg.pt", blocker / "sub" / "avg.pt"):
+        assert_one_error_line(average_cli("--inputs", good, "--output", output), (
+            f"--output {output}: {blocker} is a file, not a folder; give a path in a folder you can write to"))
+    assert blocker.read_text() == "kept\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.pt", "notes.txt"]

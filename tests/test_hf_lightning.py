@@ -167,3 +167,62 @@ def test_lightning_module_trains_logs_and_resumes(tmp_path):
     expected, got = final_weights(module), final_weights(resumed)
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("name", ["SAGE(AdamW)", "AdamW"])
+def test_the_callback_takes_any_optimizer_and_logs_sage_statistics_only_with_sage_state(tmp_path, name):
+    """A bare ``SAGE(...)`` wrapper (whose ``optimizer`` is the AdamW it wraps, inside accelerate's
+    wrapper) gets its statistics; a plain AdamW trains with the callback and gets none."""
+    from fairseq_sage import SAGE as SAGEWrapper
+
+    model = tiny_marian()
+    adamw = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    optimizer = SAGEWrapper(adamw, beta0=0.8) if name == "SAGE(AdamW)" else adamw
+    arguments = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=10, per_device_train_batch_size=BATCH, logging_steps=5,
+        save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, seed=1,
+    )  # fmt: skip
+    trainer = transformers.Trainer(model=model, args=arguments, train_dataset=Sorting(), optimizers=(optimizer, None))
+    add_sage_statistics(trainer)
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert [entry["step"] for entry in logged] == [5, 10]
+    sage_keys = [{key for key in entry if key.startswith("sage_")} for entry in logged]
+    if name == "AdamW":
+        assert sage_keys == [set(), set()]
+    else:
+        assert all({"sage_mult_mean", "sage_mult_p10", "sage_mult_p50", "sage_mult_p90"} <= keys for keys in sage_keys)
+        for entry in logged:
+            assert 0 < entry["sage_mult_p10"] <= entry["sage_mult_p50"] <= entry["sage_mult_p90"]
+        assert {int(s["step"]) for s in optimizer.state.values()} == {10}
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["as given", "in accelerate's wrapper"])
+@pytest.mark.parametrize("name", ["SAGE(AdamW)", "AdamW", "AdamSAGE"])
+def test_the_callback_given_an_optimizer_directly(name, wrapped):
+    """The callback as any caller may use it: statistics where the optimizer holds SAGE state (equal
+    to sage_statistics of that state), nothing and no error otherwise."""
+    from accelerate import Accelerator
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    from fairseq_sage import SAGE as SAGEWrapper
+    from fairseq_sage.hf import SAGEStatisticsCallback
+
+    layer = torch.nn.Linear(4, 3)
+    sage = {"SAGE(AdamW)": lambda: SAGEWrapper(torch.optim.AdamW(layer.parameters()), beta0=0.8),
+            "AdamW": lambda: torch.optim.AdamW(layer.parameters()),
+            "AdamSAGE": lambda: AdamSAGE(layer.parameters(), beta0=0.8)}[name]()
+    if wrapped:
+        Accelerator(cpu=True)  # the process state accelerate's wrapper reads, as the Trainer sets it up
+    optimizer = AcceleratedOptimizer(sage, device_placement=False) if wrapped else sage
+    for _ in range(2):
+        layer(torch.randn(5, 4)).square().sum().backward()
+        callback = SAGEStatisticsCallback()
+        callback.on_pre_optimizer_step(None, transformers.TrainerState(logging_steps=1), None, optimizer=optimizer)
+        if name == "AdamW":
+            assert callback.statistics == {}
+        else:
+            assert callback.statistics == sage_statistics(sage.sage_param_groups, sage.state)
+            assert callback.statistics["sage_mult_mean"] > 0
+        sage.step()  # accelerate's wrapper steps only where an Accelerator was set up
+        sage.zero_grad()

@@ -18,10 +18,16 @@ fairseq's own optimizers tell :class:`~fairseq_sage.optim.wrapper.SAGE` how they
 (θ·(1 − η·λ)), ``adafactor`` too (with its relative step size ρ where it has one, λ·ρ; with
 ``--scale-parameter`` and a weight decay it is refused); ``sgd`` and ``adagrad`` add λ·θ
 to the gradient. ``--zero-sharding os`` rebuilds the optimizer from its class and is refused.
+
+The optimizer state in a checkpoint records its base (``"sage"``'s ``base``): a run resumed with
+another ``--sage-base`` stops with one line naming ``--reset-optimizer``, rather than failing at its
+first update on state the new base does not read.
 """
 
 import argparse
+import copy
 import importlib.util
+import inspect
 from typing import List, Optional
 
 from fairseq.dataclass.utils import gen_parser_from_dataclass
@@ -31,10 +37,11 @@ from fairseq.optim.adam import Adam
 from fairseq.optim.adamax import Adamax
 from fairseq.optim.nag import NAG
 from omegaconf import OmegaConf
+import torch
 
 from ..optim.implementations import cpp_kernel_error
 from ..optim.wrapper import (
-    IMPLEMENTATIONS, SAGE, DecayRule, check_sage_hyperparameters, decoupled, register_decay_rule,
+    IMPLEMENTATIONS, SAGE, SAGE_STATE_KEYS, DecayRule, check_sage_hyperparameters, decoupled, register_decay_rule,
 )
 from .errors import SageFlagError
 from .optimizers import (
@@ -139,6 +146,47 @@ def base_config(cfg: argparse.Namespace, name: str):
     return OmegaConf.structured(structured)  # as fairseq hands it over (betas as a list, say)
 
 
+def constructor_arguments(cls: type, defaults: dict) -> dict:
+    """The entries of an optimizer's ``defaults`` that its class's constructor takes (torch may add
+    others, such as ``differentiable``, that fairseq's own optimizer classes do not accept)."""
+    parameters = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return dict(defaults)
+    return {key: value for key, value in defaults.items() if key in parameters}
+
+
+def foreign_state_error(base: torch.optim.Optimizer, groups: List[dict], state_dict: dict,
+                        settings: dict) -> Optional[str]:
+    """What goes wrong when ``base``'s class steps once on a copy of the saved state (group and
+    per-weight entry, SAGE's own keys left out) of the smallest weight that has one, with this
+    run's ``settings`` applied as a resumed run applies them; None where the step runs or where
+    the class cannot be probed so.
+
+    A state written by another optimizer lacks what this one reads (Adam's ``exp_avg_sq`` for
+    Adamax's ``exp_inf``, SGD's ``dampening`` in NAG's group) and fails as a KeyError.
+    """
+    params = [p for group in groups for p in group["params"]]
+    entries = {i: {k: v for k, v in entry.items() if k not in SAGE_STATE_KEYS}
+               for i, entry in state_dict["state"].items()}
+    entries = {i: entry for i, entry in entries.items() if entry and i < len(params)}
+    if not entries or not state_dict["param_groups"]:
+        return None
+    index = min(entries, key=lambda i: params[i].numel())
+    weight = torch.zeros_like(params[index], requires_grad=True)
+    weight.grad = torch.zeros_like(weight)
+    owner = next((g for g in state_dict["param_groups"] if index in g["params"]), state_dict["param_groups"][0])
+    group = dict({k: v for k, v in owner.items() if k != "params"}, **settings, params=[0])
+    try:
+        probe = type(base)([weight], **constructor_arguments(type(base), base.defaults))
+        probe.load_state_dict({"state": {0: copy.deepcopy(entries[index])}, "param_groups": [group]})
+        probe.step()
+    except KeyError as err:
+        return f"KeyError {err}"
+    except (TypeError, ValueError, RuntimeError):
+        pass  # a probe this class cannot take: the real step decides
+    return None
+
+
 @register_optimizer("sage")
 class FairseqSAGE(_FairseqSAGE):
     """SAGE (:class:`fairseq_sage.optim.wrapper.SAGE`) over the torch optimizer of ``--sage-base``."""
@@ -159,11 +207,25 @@ class FairseqSAGE(_FairseqSAGE):
     def optimizer_config(self) -> dict:
         return self.base.optimizer_config
 
+    @property
+    def base_name(self) -> Optional[str]:
+        """The ``--sage-base`` this optimizer wraps."""
+        return config_value(self.cfg, "sage_base", None)
+
+    def state_dict(self) -> dict:
+        """The wrapper's state dict with the base's name recorded in its ``"sage"`` entry, so that a
+        resumed run can tell another base's state from its own."""
+        state_dict = self.optimizer.state_dict()
+        return dict(state_dict, sage=dict(state_dict["sage"], base=self.base_name))
+
     def load_state_dict(self, state_dict, optimizer_overrides=None):
         """Load the wrapper's state (the base's, Ī and t; by position, as fairseq loads its own
         optimizers'), then let this run's flags rule: the base's hyper-parameters and
         ``--sage-beta0``/``--sage-eps`` replace the checkpoint's, each change logged;
-        ``--optimizer-overrides`` applies last."""
+        ``--optimizer-overrides`` applies last. A state another base wrote stops the run with one
+        line (:meth:`_check_same_base`)."""
+        settings = {k: v for k, v in self.optimizer_config.items() if k not in NOT_RESUMED}
+        self._check_same_base(state_dict, settings)
         try:
             self.optimizer.load_state_dict(state_dict)
         except ValueError as err:
@@ -171,15 +233,33 @@ class FairseqSAGE(_FairseqSAGE):
         sage = {"beta0": self.cfg.sage_beta0, "sage_eps": self.cfg.sage_eps}
         log_changes(state_dict["sage"], sage, SAGE_FLAG_NAMES)
         self.optimizer.beta0, self.optimizer.sage_eps = sage["beta0"], sage["sage_eps"]
-        settings = {k: v for k, v in self.optimizer_config.items() if k not in NOT_RESUMED}
         saved = state_dict["param_groups"][0] if state_dict["param_groups"] else {}
         log_changes(saved, settings, {})
         for group in self.optimizer.param_groups:
             group.update(settings)
             group.update(optimizer_overrides or {})
 
+    def _check_same_base(self, state_dict: dict, settings: dict) -> None:
+        """Stop with one line where the checkpoint's optimizer state belongs to another base (whose
+        state the base would meet only at its first step, as a KeyError): by the base recorded in
+        the state, or, in a state that records none, by one step of this base on a copy of the
+        smallest weight's saved state (:func:`foreign_state_error`)."""
+        name = self.base_name
+        saved = state_dict.get("sage", {}).get("base")
+        if saved is not None and saved != name:
+            raise SageFlagError(
+                f"resumed with --sage-base {name} but the checkpoint's optimizer state is {saved}'s: pass "
+                f"--reset-optimizer to start the optimizer afresh (or resume with --sage-base {saved})")
+        if saved is None:
+            error = foreign_state_error(self.optimizer.optimizer, self.optimizer.param_groups, state_dict, settings)
+            if error is not None:
+                raise SageFlagError(
+                    f"resumed with --sage-base {name} but the checkpoint's optimizer state is another "
+                    f"base's ({name}'s step fails on it: {error}): pass --reset-optimizer to start the "
+                    f"optimizer afresh (or resume with the --sage-base of the checkpoint's run)")
+
     def _build_optimizer(self, params) -> SAGE:
-        name = config_value(self.cfg, "sage_base", None)
+        name = self.base_name
         problem = "--optimizer sage needs --sage-base NAME" if name is None else why_not_wrappable(name)
         if problem:
             raise SageFlagError(f"{problem}; valid names: {', '.join(wrappable_bases())}")

@@ -27,10 +27,12 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from fairseq_sage.checkpoints import CheckpointError, load_checkpoint, save_atomic
+from fairseq_sage.tools.writable import why_not_writable
 
 EPOCH_CHECKPOINT = re.compile(r"checkpoint(\d+)\.pt")
 UPDATE_CHECKPOINT = re.compile(r"checkpoint_\d+_(\d+)\.pt")
 OPTIMIZER_STATE_KEY = "last_optimizer_state"
+WRITABLE_HINT = "give a path in a folder you can write to"
 
 
 class AveragingError(ValueError):
@@ -231,16 +233,29 @@ def resolve_inputs(args: argparse.Namespace) -> List[Path]:
     )
 
 
+def check_output(output: Path) -> None:
+    """Raise AveragingError, before any work, where ``--output`` cannot be written: a folder, or
+    a path under a file or in a folder that takes no new file."""
+    if output.is_dir():
+        raise AveragingError(f"--output {output} is a directory; give the path of the file to write")
+    reason = why_not_writable(output.parent)
+    if reason:
+        raise AveragingError(f"--output {output}: {reason}; {WRITABLE_HINT}")
+
+
 def cli_main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         paths = resolve_inputs(args)
         output = Path(args.output)
-        if output.is_dir():
-            raise AveragingError(f"--output {output} is a directory; give the path of the file to write")
+        check_output(output)
         print("averaging " + ", ".join(str(p) for p in paths), file=sys.stderr)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        save_atomic(average_checkpoints(paths), str(output))
+        averaged = average_checkpoints(paths)
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            save_atomic(averaged, str(output))
+        except OSError as err:
+            raise AveragingError(f"--output {output}: cannot write it ({err.strerror}); {WRITABLE_HINT}") from None
     except (AveragingError, CheckpointError) as error:
         print(f"fairseq-sage-average-checkpoints: error: {error}", file=sys.stderr)
         return 2

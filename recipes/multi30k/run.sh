@@ -14,12 +14,22 @@
 # runs at the same time, each with nproc/count threads; 0: one after the other, each with all
 # cores), and the settings of prepare.sh and train.sh (MAX_TRAIN_LINES, SPM_VOCAB_SIZE,
 # MAX_UPDATE, MAX_TOKENS, LR, SAGE_BETA0, ...).
-# Finished steps are skipped when run again; an interrupted step is redone.
+# Finished steps are skipped when run again; an interrupted step is redone. A second quickstart in
+# the same WORKDIR while one runs stops at once with one line.
 set -euo pipefail
 RECIPE=multi30k
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 source "$RECIPES_DIR/multi30k/args.sh"
 parse_data_and_workdir run.sh "$@"
+
+# One quickstart per WORKDIR: two would write the same files (one dying on the other's renamed
+# .partial files). The lock is held on WORKDIR/.quickstart.lock for the whole run, by this shell and
+# every step it starts (they inherit the descriptor); the file names the holder's pid.
+LOCK=$WORKDIR/.quickstart.lock
+exec {lock_fd}>>"$LOCK"
+flock -n "$lock_fd" ||
+    fail "WORKDIR $WORKDIR is in use by another quickstart (pid $(cat "$LOCK")); wait for it or pick another folder"
+echo $$ >"$LOCK"
 read -r -a optimizers <<<"${OPTIMIZERS:-adam adam_sage}"
 [[ ${#optimizers[@]} -gt 0 ]] || fail "OPTIMIZERS is empty; use e.g. OPTIMIZERS=\"adam adam_sage\""
 

@@ -19,6 +19,9 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 from fairseq import checkpoint_utils, utils
+from fairseq.data.data_utils import infer_language_pair
+from fairseq.tasks import TASK_REGISTRY
+from fairseq.tasks.translation import TranslationTask
 
 from ... import fairseq as _plugin  # noqa: F401  (our optimizers and fairseq's hardened checkpoint loader)
 
@@ -26,6 +29,7 @@ from .bleu import corpus_bleu, translate_subset
 from .pruning import SensitivityRanking, prunable, prune_
 from .report import plot_pruning_curve, plot_sensitivity_by_type, write_csv
 from .sensitivity import average_sensitivity, sensitivity_by_type, summarize
+from ..writable import why_not_writable
 
 __all__ = [
     "AnalysisError", "cli_main", "get_parser", "load_model", "parse_prune_levels",
@@ -84,7 +88,9 @@ def load_model(data: Path, checkpoint: Path, user_dir: Optional[str]):
 
     fairseq's loader is the plugin's (:mod:`fairseq_sage.fairseq.checkpoints`): a damaged
     checkpoint, or one holding foreign objects or code in its configuration, stops the program
-    with one ``fairseq-sage: error:`` line before fairseq builds anything from it."""
+    with one ``fairseq-sage: error:`` line before fairseq builds anything from it. A checkpoint of
+    another task than translation, or a DATA_BIN without the dictionaries of a translation
+    corpus, is an AnalysisError before the model is built."""
     if not data.is_dir():
         raise AnalysisError(f"DATA_BIN {data}: no such directory; give the fairseq-preprocess output folder")
     if not checkpoint.is_file():
@@ -94,8 +100,10 @@ def load_model(data: Path, checkpoint: Path, user_dir: Optional[str]):
             raise AnalysisError(f"--user-dir {user_dir}: no such directory")
         utils.import_user_module(argparse.Namespace(user_dir=user_dir))
     try:
+        state = checkpoint_utils.load_checkpoint_to_cpu(str(checkpoint), arg_overrides={"data": str(data)})
+        check_translation(state["cfg"].task, data, checkpoint)
         models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
-            [str(checkpoint)], arg_overrides={"data": str(data)}
+            [str(checkpoint)], arg_overrides={"data": str(data)}, state=state
         )
     except FileNotFoundError as err:
         raise AnalysisError(f"DATA_BIN {data}: {err}; is it the data-bin the model was trained on?") from None
@@ -103,6 +111,27 @@ def load_model(data: Path, checkpoint: Path, user_dir: Optional[str]):
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise AnalysisError(f"--path {checkpoint}: cannot load it with DATA_BIN {data} ({reason})") from None
     return models[0], task, task.build_criterion(cfg.criterion)
+
+
+def check_translation(task_cfg, data: Path, checkpoint: Path) -> None:
+    """Raise AnalysisError unless ``task_cfg`` (the checkpoint's) is fairseq's translation task or
+    one derived from it, and ``data`` holds the dictionaries of its language pair (the pair
+    inferred from the file names, as fairseq does, where the run did not name it)."""
+    task_class = TASK_REGISTRY.get(task_cfg._name)
+    if task_class is None or not issubclass(task_class, TranslationTask):
+        raise AnalysisError(f"--path {checkpoint}: a model of fairseq's {task_cfg._name} task; the analysis "
+                            "needs a translation model (fairseq-train --task translation)")
+    source, target = task_cfg.get("source_lang"), task_cfg.get("target_lang")
+    if source is None or target is None:
+        source, target = infer_language_pair(str(data))
+    if source is None or target is None:
+        missing = "no dictionaries of a translation corpus (dict.SRC.txt and dict.TGT.txt)"
+    else:
+        absent = [f"dict.{lang}.txt" for lang in (source, target) if not (data / f"dict.{lang}.txt").is_file()]
+        missing = f"no {' or '.join(absent)} (the {source}-{target} pair)" if absent else None
+    if missing:
+        raise AnalysisError(f"DATA_BIN {data}: {missing}; give the fairseq-preprocess output of the "
+                            "translation corpus the model was trained on, with its train and --gen-subset splits")
 
 
 def load_subset(task, subset: str, data: Path, flag: str) -> None:
@@ -135,6 +164,9 @@ def run_analysis(args: argparse.Namespace) -> Path:
     output_dir = Path(args.output_dir) if args.output_dir else checkpoint.parent / "analysis"
     model_name = f"{checkpoint.parent.name}/{checkpoint.name}"
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    reason = why_not_writable(output_dir)
+    if reason:
+        raise AnalysisError(f"--output-dir {output_dir}: {reason}; give a folder you can write to")
 
     model, task, criterion = load_model(data, checkpoint, args.user_dir)
     model.to(device)
