@@ -36,6 +36,8 @@ EVALUATED_FIELDS = frozenset({
     "self_attention", "project_input", "gated_attention", "downsample", "pretrained",  # fconv_self_att
     "conv_feature_layers", "conv_aggregator_layers", "override_encoder_layers",  # wav2vec, hubert, s2t
     "xformers_att_config", "decoder_xformers_att_config",  # MultiheadAttention's eval_str_dict()
+    # fairseq-eval-lm and fairseq-validate: --model-overrides
+    "model_overrides",
     # tasks, criterions, data
     "left_pad_source", "left_pad_target", "wer_args", "feature_encoder_spec",
     # distributed training (pipeline parallelism)
@@ -216,8 +218,9 @@ def plain_configuration(state: Any) -> Dict[str, str]:
     ``bytes`` anywhere, and a string holding an OmegaConf interpolation ``${...}`` (whose resolvers
     run when fairseq reads the field; fairseq saves its configuration resolved), raise
     :class:`RefusedField`; every string in a field named in :data:`EVALUATED_FIELDS` is replaced by
-    :func:`plain_literal` of it, or raises :class:`RefusedField` where :func:`evaluate` refuses it.
-    Every other string is left as it is. Returns ``{field: new literal}`` for the strings replaced.
+    :func:`plain_literal` of it, or raises :class:`RefusedField` where :func:`evaluate` refuses it,
+    except a blank one (multires_hubert's ``override_encoder_layers=""`` means "not set"; ``eval()``
+    of it stops at once with a SyntaxError). Every other string is left as it is. Returns ``{field: new literal}`` for the strings replaced.
     """
     replaced = {}
     if not isinstance(state, dict):
@@ -227,7 +230,7 @@ def plain_configuration(state: Any) -> Dict[str, str]:
             reason = _refusal(value)
             if reason is not None:
                 raise RefusedField(where, reason)
-            if isinstance(value, str) and key in EVALUATED_FIELDS:
+            if isinstance(value, str) and key in EVALUATED_FIELDS and value.strip():
                 try:
                     literal = plain_literal(value)
                 except NotAValue as err:
