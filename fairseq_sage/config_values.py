@@ -45,7 +45,7 @@ EVALUATED_FIELDS = frozenset({
     "pipeline_decoder_balance", "pipeline_decoder_devices",
 })
 """Names of the configuration fields whose string values fairseq passes to ``eval()`` (directly or
-through ``eval_str_list`` / ``eval_str_dict`` / ``eval_bool``). tests/test_checkpoint_code.py scans
+through ``eval_str_list`` / ``eval_str_dict`` / ``eval_bool``). tests/test_config_values.py scans
 the installed fairseq's source for those calls and fails when one evaluates a field not named here."""
 
 CONFIGURATION_KEYS = ("cfg", "args")
@@ -53,7 +53,8 @@ CONFIGURATION_KEYS = ("cfg", "args")
 0.10) and ``args`` (the ``argparse.Namespace`` of older checkpoints)."""
 
 MAX_SIZE = 100_000
-"""The most items (or characters) a ``*`` may build: ``"[0] * 10**9"`` cannot exhaust memory."""
+"""The largest size (:data:`Sized`) a value may have, which bounds the memory it and its ``repr``
+take: ``"[0] * 10**9"`` and ``"[[0] * 10**5] * 10**5"`` are refused."""
 
 EVAL_STRIPS = " \t"
 """The leading characters ``eval()`` of a ``str`` skips before compiling it."""
@@ -63,39 +64,45 @@ class NotAValue(ValueError):
     """A configuration string that :func:`evaluate` refuses to evaluate."""
 
 
-def _repeat(sequence: Any, count: Any) -> Any:
-    if not isinstance(count, int) or isinstance(count, bool):
-        raise NotAValue("a sequence can only be repeated an int number of times")
-    if len(sequence) * max(count, 0) > MAX_SIZE:
-        raise NotAValue(f"the repetition builds more than {MAX_SIZE} items")
-    return sequence * count
-
-
-def _multiply(left: Any, right: Any) -> Any:
-    if isinstance(left, (list, tuple, str)):
-        return _repeat(left, right)
-    if isinstance(right, (list, tuple, str)):
-        return _repeat(right, left)
-    return _arithmetic(operator.mul, left, right)
-
-
-def _add(left: Any, right: Any) -> Any:
-    same_sequences = type(left) is type(right) and isinstance(left, (list, tuple, str))
-    if not same_sequences and not (_is_number(left) and _is_number(right)):
-        raise NotAValue("+ joins two lists, two tuples, two strings or two numbers")
-    if same_sequences and len(left) + len(right) > MAX_SIZE:
-        raise NotAValue(f"the sum builds more than {MAX_SIZE} items")
-    return left + right
+Sized = Tuple[Any, int]
+"""A value and its size: 1 for a number, the length of a string, and for a tuple, list, set or dict
+1 plus the sizes of its items (keys and values)."""
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, complex))
 
 
-def _arithmetic(function: Callable, left: Any, right: Any) -> Any:
-    if not (_is_number(left) and _is_number(right)):
-        raise NotAValue("-, / and * apply to numbers")
-    return function(left, right)
+def _bounded(value: Any, size: int) -> Sized:
+    if size > MAX_SIZE:
+        raise NotAValue(f"the value has more than {MAX_SIZE} items")
+    return value, size
+
+
+def _multiply(left: Sized, right: Sized) -> Sized:
+    (a, a_size), (b, b_size) = left, right
+    if isinstance(b, (list, tuple, str)):  # 4 * [(256, 3)]
+        (a, a_size), (b, b_size) = right, left
+    if isinstance(a, (list, tuple, str)):
+        if not isinstance(b, int) or isinstance(b, bool):
+            raise NotAValue("a sequence can only be repeated an int number of times")
+        # a list or tuple counts itself once, its items once per repetition
+        items = a_size if isinstance(a, str) else a_size - 1
+        return _bounded(a * b, items * max(b, 0) + (0 if isinstance(a, str) else 1))
+    return _arithmetic(operator.mul, left, right)
+
+
+def _add(left: Sized, right: Sized) -> Sized:
+    (a, a_size), (b, b_size) = left, right
+    if type(a) is type(b) and isinstance(a, (list, tuple, str)):
+        return _bounded(a + b, a_size + b_size - (0 if isinstance(a, str) else 1))
+    return _arithmetic(operator.add, left, right)
+
+
+def _arithmetic(function: Callable, left: Sized, right: Sized) -> Sized:
+    if not (_is_number(left[0]) and _is_number(right[0])):
+        raise NotAValue("+ joins two lists, tuples or strings; -, / and * otherwise apply to numbers")
+    return function(left[0], right[0]), 1
 
 
 BINARY_OPERATORS = {
@@ -109,22 +116,26 @@ numbers or strings from short text)."""
 
 UNARY_OPERATORS = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 
+CONTAINERS = {ast.Tuple: tuple, ast.List: list, ast.Set: set}
 
-def _value(node: ast.AST) -> Any:
-    """The value of one node of a parsed expression, or NotAValue."""
+
+def _value(node: ast.AST) -> Sized:
+    """The value of one node of a parsed expression and its size, or NotAValue."""
     if isinstance(node, ast.Constant):
-        return node.value
-    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        value = node.value
+        return _bounded(value, len(value) if isinstance(value, (str, bytes)) else 1)
+    if type(node) in CONTAINERS:
         items = [_value(item) for item in node.elts]
-        build = {ast.Tuple: tuple, ast.List: list, ast.Set: set}[type(node)]
-        return build(items)
+        return _bounded(CONTAINERS[type(node)](value for value, _ in items), 1 + sum(size for _, size in items))
     if isinstance(node, ast.Dict) and None not in node.keys:  # a None key is a ** unpacking
-        return {_value(key): _value(item) for key, item in zip(node.keys, node.values)}
+        pairs = [(_value(key), _value(item)) for key, item in zip(node.keys, node.values)]
+        return _bounded({key: item for (key, _), (item, _) in pairs},
+                        1 + sum(key_size + item_size for (_, key_size), (_, item_size) in pairs))
     if isinstance(node, ast.UnaryOp) and type(node.op) in UNARY_OPERATORS:
-        operand = _value(node.operand)
+        operand, size = _value(node.operand)
         if not _is_number(operand):
             raise NotAValue("a sign applies to numbers")
-        return UNARY_OPERATORS[type(node.op)](operand)
+        return UNARY_OPERATORS[type(node.op)](operand), size
     if isinstance(node, ast.BinOp) and type(node.op) in BINARY_OPERATORS:
         return BINARY_OPERATORS[type(node.op)](_value(node.left), _value(node.right))
     raise NotAValue(f"{type(node).__name__} is not a literal")
@@ -137,7 +148,8 @@ def evaluate(text: Any) -> Any:
     expression made of literals (numbers, strings, ``True``, ``False``, ``None``, and tuples, lists,
     sets and dicts of literals), unary ``+`` / ``-`` on numbers, and the binary operators ``+``
     (two numbers, or two lists, tuples or strings), ``*`` (two numbers, or a list, tuple or string
-    and an int, building at most :data:`MAX_SIZE` items), ``-`` and ``/`` (two numbers). Anything
+    and an int), ``-`` and ``/`` (two numbers), where no value is larger than :data:`MAX_SIZE`
+    (every number, string character and container counts one). Anything
     else (a name, an attribute, a call, a subscript, a comprehension, ``**``, ``bytes`` in place of
     the ``str``, text that does not parse) raises :class:`NotAValue` saying why; a value that is not
     text at all raises TypeError, as ``eval()`` does.
@@ -151,7 +163,7 @@ def evaluate(text: Any) -> Any:
     except (SyntaxError, ValueError, MemoryError, RecursionError) as err:
         raise NotAValue(f"not a Python expression ({type(err).__name__})") from None
     try:
-        return _value(tree.body)
+        return _value(tree.body)[0]
     except (TypeError, OverflowError, MemoryError, RecursionError, ZeroDivisionError) as err:
         raise NotAValue(f"not a plain value ({type(err).__name__}: {err})") from None
 
@@ -165,13 +177,13 @@ def evaluate_like_eval(source: Any, globals: Optional[dict] = None, locals: Opti
 def plain_literal(text: str) -> str:
     """``repr`` of :func:`evaluate`'s value of ``text``, which evaluates back to an equal value."""
     value = evaluate(text)
-    literal = repr(value)
     try:
+        literal = repr(value)
         same = evaluate(literal) == value
-    except NotAValue:
+    except (NotAValue, ValueError):  # inf, nan: their repr is a name; an int of over 4300 digits has none
         same = False
-    if not same:  # inf, nan: their repr is a name
-        raise NotAValue(f"{literal} has no literal that evaluates back to it")
+    if not same:
+        raise NotAValue("no literal evaluates back to its value")
     return literal
 
 
@@ -180,7 +192,8 @@ def _fields(container: Any, where: str) -> Iterator[Tuple[Any, Any, Any, str]]:
     if isinstance(container, argparse.Namespace):
         container = vars(container)
     if isinstance(container, dict):
-        entries = [(key, f"{where}.{key}") for key in list(container)]
+        entries = [(key, f"{where}.{key}" if isinstance(key, str) and key.isidentifier() else f"{where}[{key!r}]")
+                   for key in list(container)]
     elif isinstance(container, (list, tuple, set, frozenset)):
         entries = [(index, f"{where}[{index}]") for index in range(len(container))]
         container = list(container) if isinstance(container, (set, frozenset)) else container
@@ -220,7 +233,9 @@ def plain_configuration(state: Any) -> Dict[str, str]:
     :class:`RefusedField`; every string in a field named in :data:`EVALUATED_FIELDS` is replaced by
     :func:`plain_literal` of it, or raises :class:`RefusedField` where :func:`evaluate` refuses it,
     except a blank one (multires_hubert's ``override_encoder_layers=""`` means "not set"; ``eval()``
-    of it stops at once with a SyntaxError). Every other string is left as it is. Returns ``{field: new literal}`` for the strings replaced.
+    of it stops at once with a SyntaxError). Every other string is left as it is. Returns
+    ``{field: new literal}`` for the strings replaced. Field names are written so that the message
+    stays on one line (a key that is not an identifier appears as ``cfg.model['a\\nb']``).
     """
     replaced = {}
     if not isinstance(state, dict):

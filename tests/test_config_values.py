@@ -37,7 +37,7 @@ PLAIN_VALUES = [
     "[(256, 3)] * 4", "[(512, 3)] * 9 + [(1024, 3)] * 4 + [(2048, 1)] * 2", "4 * [(256, 3)]",
     "[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] + [(512,2,2)]", "'ab' * 3", "1 - 2", "1 / 4", "2 * 3.5",
     " (0.9, 0.98)", "\t[20]", " \t 1", "\\\n[1]", "# a comment\n[1]", "(\n 1,\n 2\n)", "[1] # trailing",
-    "[0] * %d" % MAX_SIZE,
+    "[0] * %d" % (MAX_SIZE - 1), "[[0] * 9] * %d" % ((MAX_SIZE - 1) // 10), "'a' * %d" % MAX_SIZE,
 ]
 
 
@@ -52,7 +52,8 @@ NOT_VALUES = [
     "__import__('os').system('true')", "open('/etc/passwd')", "x", "os.sep", "sys.modules['os']", "[1][0]",
     "lambda: 0", "[x for x in range(3)]", "{x: 1 for x in y}", "(x for x in y)", "f'{1}'", "9**9**9", "2 ** 3",
     "1 << 10", "'%d' % 1", "not 1", "1 if 1 else 2", "1 < 2", "1 and 2", "(x := 1)", "{**{}}", "[*()]",
-    "[0] * %d" % (MAX_SIZE + 1), "'a' * 10**10", "[0] * 10**9", "[1] * 2.0", "[1] + (2,)", "[1] - [1]", "-[1]",
+    "[0] * %d" % MAX_SIZE, "[[0] * 9] * %d" % (MAX_SIZE // 10), "[[]] * %d" % MAX_SIZE, "'a' * %d" % (MAX_SIZE + 1),
+    "[0] * 99999 + [0] + [0]", "'a' * 10**10", "[0] * 10**9", "[[0] * 10000] * 10000", "[1] * 2.0", "[1] + (2,)", "[1] - [1]", "-[1]",
     "1 / 0", "", "   ", "(" * 1000, "1\x002", "\ufeff1", "\v1", "${oc.env:HOME}",
     "transformer", "/tmp/data-bin", "exp[1]", "run(2)", "fc[12]",  # data, but not values fairseq could evaluate
 ]
@@ -147,6 +148,14 @@ def test_bytes_and_interpolations_are_refused_in_any_field():
             with pytest.raises(RefusedField) as refusal:
                 plain_configuration(state)
             assert refusal.value.field == where
+
+
+def test_values_no_literal_gives_back_are_refused_in_a_checkpoint():
+    """inf has the repr ``inf`` (a name), an int of over 4300 digits has no repr at all."""
+    for text in ("1e999", "-1e999", "9" * 3000 + " * " + "9" * 3000):
+        evaluate(text)  # a value...
+        with pytest.raises(RefusedField, match="no literal evaluates back to its value"):  # ...but not a literal
+            plain_configuration({"cfg": {"model": {"adaptive_softmax_cutoff": text}}})
 
 
 def test_every_payload_is_refused_by_load_checkpoint_from_a_file(tmp_path):
