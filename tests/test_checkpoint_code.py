@@ -243,7 +243,7 @@ def marker_payload(marker: Path) -> str:
 
 
 def refusal(path, field) -> str:
-    return f"{path}: refused to load, {field} is evaluated by fairseq and is not a plain value (Call is not a literal); {TRUST}"
+    return f"{path}: refused to load, {field} is evaluated by fairseq and is not a plain value (BoolOp is not a literal); {TRUST}"
 
 
 def make_hostile(genuine, tmp_path, form: str):
