@@ -24,7 +24,8 @@ import operator
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 __all__ = [
-    "EVALUATED_FIELDS", "MAX_SIZE", "NotAValue", "RefusedField", "evaluate", "evaluate_like_eval", "plain_configuration",
+    "EVALUATED_FIELDS", "MAX_SIZE", "NotAValue", "RefusedField",
+    "evaluate", "evaluate_like_eval", "plain_configuration", "plain_literal",
 ]
 
 EVALUATED_FIELDS = frozenset({

@@ -137,7 +137,8 @@ TRANSLATION_ARCHITECTURES = {
     "lightconv": ["--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32",
                   "--decoder-embed-dim", "32", "--encoder-conv-dim", "32", "--decoder-conv-dim", "32",
                   "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64", "--encoder-attention-heads", "2",
-                  "--decoder-attention-heads", "2", "--encoder-kernel-size-list", "[3]", "--decoder-kernel-size-list", "[3]"],
+                  "--decoder-attention-heads", "2", "--encoder-kernel-size-list", "[3]",
+                  "--decoder-kernel-size-list", "[3]"],
 }
 LM_ARCHITECTURES = {
     "transformer_lm": ["--decoder-layers", "1", "--decoder-embed-dim", "32", "--decoder-ffn-embed-dim", "64",
@@ -186,14 +187,17 @@ def architectures(toy_data_bin, lm_data_bin, tmp_path_factory):
     """arch -> checkpoint_last.pt of one update; also the our-flags run, trained for one update and
     then resumed (from its relative save dir) for a second: returns (checkpoints, that run's folder, output)."""
     folder = tmp_path_factory.mktemp("architectures")
-    argvs = [architecture_argv(toy_data_bin, folder / arch, arch, flags) for arch, flags in TRANSLATION_ARCHITECTURES.items()]
-    argvs += [architecture_argv(lm_data_bin, folder / arch, arch, flags + LM_TASK) for arch, flags in LM_ARCHITECTURES.items()]
+    argvs = [architecture_argv(toy_data_bin, folder / arch, arch, flags)
+             for arch, flags in TRANSLATION_ARCHITECTURES.items()]
+    argvs += [architecture_argv(lm_data_bin, folder / arch, arch, flags + LM_TASK)
+              for arch, flags in LM_ARCHITECTURES.items()]
     for updates in ("1", "2"):  # the second resumes from checkpoint_last.pt, as a run continued later does
         argvs.append(architecture_argv(toy_data_bin, OUR_FLAGS_RUN, "transformer", TINY_TRANSFORMER[2:], "--max-update",
                                        updates, "--sage-params", "fc[12]"))
     proc = run([sys.executable, "-c", TRAIN_IN_ONE_PROCESS, json.dumps(argvs)], cwd=folder)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    checkpoints = {arch: folder / arch / "checkpoint_last.pt" for arch in {**TRANSLATION_ARCHITECTURES, **LM_ARCHITECTURES}}
+    checkpoints = {arch: folder / arch / "checkpoint_last.pt"
+                   for arch in {**TRANSLATION_ARCHITECTURES, **LM_ARCHITECTURES}}
     return checkpoints, folder / OUR_FLAGS_RUN, proc.stdout + proc.stderr
 
 
@@ -229,7 +233,8 @@ def test_our_flags_values_and_paths_are_data(architectures):
     assert f"Loaded checkpoint {OUR_FLAGS_RUN}/checkpoint_last.pt (epoch 1 @ 1 updates)" in output
     state = load_checkpoint(str(run_dir / "checkpoint_last.pt"))
     assert state["optimizer_history"][-1]["num_updates"] == 2
-    assert state["cfg"]["optimizer"]["sage_params"] == "fc[12]" and state["cfg"]["checkpoint"]["save_dir"] == OUR_FLAGS_RUN
+    assert state["cfg"]["optimizer"]["sage_params"] == "fc[12]"
+    assert state["cfg"]["checkpoint"]["save_dir"] == OUR_FLAGS_RUN
 
 
 # --- hostile checkpoints are refused -----------------------------------------------------------------
@@ -243,7 +248,8 @@ def marker_payload(marker: Path) -> str:
 
 
 def refusal(path, field) -> str:
-    return f"{path}: refused to load, {field} is evaluated by fairseq and is not a plain value (BoolOp is not a literal); {TRUST}"
+    return (f"{path}: refused to load, {field} is evaluated by fairseq and is not a plain value "
+            f"(BoolOp is not a literal); {TRUST}")
 
 
 def make_hostile(genuine, tmp_path, form: str):
@@ -328,13 +334,16 @@ def test_fairseq_eval_lm_refuses_a_hostile_language_model(architectures, lm_data
     state["cfg"]["model"]["adaptive_softmax_cutoff"] = marker_payload(marker)  # a dict: a dataclass model
     path = tmp_path / "hostile_lm.pt"
     torch.save(state, path)
-    proc = fairseq("eval_lm", lm_data_bin, "--path", path, "--cpu", "--gen-subset", "valid", "--tokens-per-sample", "32")
+    proc = fairseq("eval_lm", lm_data_bin, "--path", path, "--cpu", "--gen-subset", "valid",
+                   "--tokens-per-sample", "32")
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1] == f"fairseq-sage: error: {refusal(path, 'cfg.model.adaptive_softmax_cutoff')}"
+    field = "cfg.model.adaptive_softmax_cutoff"
+    assert proc.stderr.strip().splitlines()[-1] == f"fairseq-sage: error: {refusal(path, field)}"
     assert not marker.exists()
 
 
-def test_bytes_with_a_bom_in_an_lstm_run_in_fairseq_alone_and_are_refused_with_the_plugin(architectures, toy_data_bin, tmp_path):
+def test_bytes_with_a_bom_in_an_lstm_run_in_fairseq_alone_and_are_refused_with_the_plugin(architectures, toy_data_bin,
+                                                                                          tmp_path):
     """fairseq's eval_bool(args.decoder_attention) of bytes honours their BOM."""
     checkpoints, _, _ = architectures
     state = load_checkpoint(str(checkpoints["lstm"]))
@@ -342,7 +351,8 @@ def test_bytes_with_a_bom_in_an_lstm_run_in_fairseq_alone_and_are_refused_with_t
     state["cfg"]["model"].decoder_attention = b"\xef\xbb\xbf" + f"__import__('os').system('touch {marker}')".encode()
     path = tmp_path / "hostile_lstm.pt"
     torch.save(state, path)
-    generate = ("generate", toy_data_bin, "--path", path, "--cpu", "--gen-subset", "valid", "--max-len-a", "0", "--max-len-b", "1")
+    generate = ("generate", toy_data_bin, "--path", path, "--cpu", "--gen-subset", "valid",
+                "--max-len-a", "0", "--max-len-b", "1")
     proc = fairseq(*generate)
     assert proc.returncode == 1
     expected = f"{path}: refused to load, cfg.model.decoder_attention holds bytes, not text; {TRUST}"
