@@ -31,17 +31,21 @@ setup(
         "recipes": ["sacremoses>=0.1", "subword-nmt>=0.3.8", "sentencepiece>=0.1.99", "matplotlib>=3.5"],
         "analysis": ["matplotlib>=3.5", "scipy>=1.7"],  # scipy: the studies' t-intervals
         "test": [
-            "pytest>=7", "matplotlib>=3.5", "scipy>=1.7", "sacremoses>=0.1", "subword-nmt>=0.3.8", "sentencepiece>=0.1.99",
+            "pytest>=7", "matplotlib>=3.5", "scipy>=1.7", "pydantic>=2", "submitit>=1.5", "sacremoses>=0.1", "subword-nmt>=0.3.8", "sentencepiece>=0.1.99",
             "fairscale>=0.4.13",  # --zero-sharding os
             "pytest-xdist>=3",  # make test runs the files on every core (-n auto --dist loadfile)
         ],
         # SAGE in Hugging Face's Seq2SeqTrainer and in PyTorch Lightning (README, tests/test_hf_lightning.py)
+        # fairseq-sage-study (docs/study.md): its configuration schema, statistics, figures, SLURM launcher
+        "study": ["pydantic>=2", "scipy>=1.7", "matplotlib>=3.5", "submitit>=1.5"],
         "hf": ["transformers>=4.46", "accelerate>=1.0", "lightning>=2.2"],
     },
     entry_points={
         "console_scripts": [
-            "fairseq-sage-average-checkpoints=fairseq_sage.tools.average_checkpoints:cli_main",
-            "fairseq-sage-analyze=fairseq_sage.tools.analysis.cli:cli_main",
+            # each entry quiets fairseq's import-time noise before running the tool (fairseq_sage/quiet.py)
+            "fairseq-sage-average-checkpoints=fairseq_sage.tools.entry_points:average_checkpoints",
+            "fairseq-sage-analyze=fairseq_sage.tools.entry_points:analyze",
+            "fairseq-sage-study=fairseq_sage.tools.entry_points:study",
         ]
     },
 )

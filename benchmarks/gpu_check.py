@@ -35,6 +35,7 @@ import torch
 from benchmarks import step_timing
 from benchmarks.parameter_shapes import parameter_shapes
 from benchmarks.sage_speed import HYPER, machine, optimizer_factories, write_json_atomically
+from fairseq_sage.quiet import quiet_entry
 
 REPO = Path(__file__).resolve().parents[1]
 OVERFLOW = re.compile(r"gradient overflow detected")
@@ -231,4 +232,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    quiet_entry()
     sys.exit(main())

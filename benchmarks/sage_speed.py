@@ -31,6 +31,7 @@ import torch
 from benchmarks import step_memory, step_timing, train_speed
 from benchmarks.parameter_shapes import ARCHITECTURES, parameter_shapes
 from fairseq_sage.files import write_atomic
+from fairseq_sage.quiet import quiet_entry
 
 IMPLEMENTATIONS = ("reference", "foreach", "cpp", "compiled")
 HYPER = dict(lr=5e-4, betas=(0.9, 0.98), eps=1e-8, weight_decay=1e-4)
@@ -181,4 +182,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    quiet_entry()
     main()

@@ -11,13 +11,16 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from fairseq.data import Dictionary
-from fairseq.models.transformer import TransformerModel, transformer_iwslt_de_en
+
+from fairseq_sage.quiet import quiet_entry
 
 QUANTILES = (0.01, 0.1, 0.5, 0.9, 0.99)
 
 
 def build_model(vocab_size: int):
+    from fairseq.data import Dictionary  # imported here, after quiet_entry() (see the end of the file)
+    from fairseq.models.transformer import TransformerModel, transformer_iwslt_de_en
+
     dictionary = Dictionary()
     for i in range(vocab_size):
         dictionary.add_symbol(f"t{i}")
@@ -75,4 +78,5 @@ def main():
 
 
 if __name__ == "__main__":
+    quiet_entry()
     main()

@@ -26,6 +26,7 @@ import torch
 
 from benchmarks import step_memory, step_timing
 from benchmarks.parameter_shapes import parameter_shapes
+from fairseq_sage.quiet import quiet_entry
 
 BASES = {
     "Adafactor": lambda params: torch.optim.Adafactor(params, lr=1e-2, weight_decay=1e-4),
@@ -117,4 +118,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    quiet_entry()
     main()

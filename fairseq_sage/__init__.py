@@ -6,7 +6,7 @@ The package has three parts:
   classes and their reference / foreach / fused C++ / compiled implementations). Importing it, or
   ``from fairseq_sage import AdamSAGE``, imports nothing from fairseq and changes nothing global.
 - :mod:`fairseq_sage.fairseq`: the fairseq plugin (``--optimizer adam_sage | adamax_sage | sgd_sage |
-  lion_sage``, their flags, ``--sage-params``, the diagnostics in training logs, the safe checkpoint
+  lion_sage | nadam_sage``, their flags, ``--sage-params``, the diagnostics in training logs, the safe checkpoint
   loader).
   ``--user-dir fairseq_sage`` imports this package inside fairseq's CLIs, where fairseq is already
   imported, and so loads the plugin; a script of its own does ``import fairseq_sage.fairseq``.
@@ -19,7 +19,7 @@ The package has three parts:
 
 import sys
 
-__all__ = ["AdamSAGE", "AdamaxSAGE", "SGDSAGE", "LionSAGE", "SAGE", "DEFAULT_SAGE_EPS"]
+__all__ = ["AdamSAGE", "AdamaxSAGE", "SGDSAGE", "LionSAGE", "NAdamSAGE", "SAGE", "DEFAULT_SAGE_EPS"]
 __version__ = "0.1.0"
 
 

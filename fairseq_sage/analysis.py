@@ -1,9 +1,7 @@
 """Kept so that ``python -m fairseq_sage.analysis`` goes on working: the tool is
 :mod:`fairseq_sage.tools.analysis`."""
 
-import sys
-
-from .tools.analysis.cli import cli_main
+from .tools.entry_points import analyze
 
 if __name__ == "__main__":
-    sys.exit(cli_main())
+    analyze()

@@ -4,7 +4,7 @@
 import sys
 
 from .tools.average_checkpoints import *  # noqa: F401,F403
-from .tools.average_checkpoints import cli_main
+from .tools.entry_points import average_checkpoints
 
 if __name__ == "__main__":
-    sys.exit(cli_main())
+    sys.exit(average_checkpoints())

@@ -12,7 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from studies.multi30k.train_log import INNER_LINE
+sys.path.insert(0, str(Path(__file__).resolve().parent / "multi30k"))
+from train_log import INNER_LINE  # noqa: E402  (recipes/multi30k/train_log.py: the simple log format's lines)
 
 TAIL_BYTES = 1 << 16
 

@@ -1,32 +1,29 @@
 """Run a Python module (``python recipes/quiet.py fairseq_cli.train ARGS...``) as ``python -m`` would,
 with the deprecation warnings of fairseq's dependencies silenced.
 
-Only the exact messages below are filtered (each matched from its start, with its category): they
-come from fairseq's use of older torch, Hydra and fairscale APIs, and nothing a recipe's user can do
-about them. Every other warning, this project's included, and every error still shows.
+Only the exact messages of :data:`fairseq_sage.quiet.THIRD_PARTY_WARNINGS` are filtered (each matched
+from its start, with its category): they come from fairseq's use of older torch, Hydra and fairscale
+APIs, and nothing a recipe's user can do about them. Every other warning, this project's included,
+and every error still shows. The filter is the one every entry of the package applies, read from
+this checkout's ``fairseq_sage/quiet.py`` by its path: importing the ``fairseq_sage`` package here
+would keep fairseq from importing it as the ``--user-dir`` (it skips a module already imported),
+and so from registering the SAGE optimizers.
 """
 
+import importlib.util
 import os
 import runpy
 import sys
-import warnings
 
-THIRD_PARTY_WARNINGS = [
-    (FutureWarning, r"`torch\.cuda\.amp\.(custom_fwd|custom_bwd|autocast)\(args\.\.\.\)` is deprecated"),
-    (UserWarning, r"hydra\.experimental\.(initialize|compose)\(\) is no longer experimental"),
-    (UserWarning, r"\nThe version_base parameter is not specified\."),  # Hydra14MigrationWarning
-    (UserWarning, r"In '\w+': Usage of deprecated keyword in package header '# @package _group_'"),
-    (UserWarning, r"\n'config' is validated against ConfigStore schema with the same name\."),
-    (UserWarning, r"\nThe strict flag in the compose API is deprecated\."),
-    (UserWarning, r"'pin_memory' argument is set as true but no accelerator is found"),
-    (UserWarning, r"Support for mismatched key_padding_mask and attn_mask is deprecated\."),
-]
-"""(category, regular expression matched at the start of the message) of each silenced warning."""
+QUIET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fairseq_sage", "quiet.py")
 
 
 def silence_third_party_warnings() -> None:
-    for category, message in THIRD_PARTY_WARNINGS:
-        warnings.filterwarnings("ignore", message=message, category=category)
+    """:func:`fairseq_sage.quiet.silence_third_party_warnings`, loaded from :data:`QUIET`."""
+    spec = importlib.util.spec_from_file_location("fairseq_sage_quiet", QUIET)
+    quiet = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quiet)
+    quiet.silence_third_party_warnings()
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from conftest import run_fairseq, train_args
 from fairseq_sage import AdamSAGE, SGDSAGE
 from fairseq_sage.checkpoints import load_checkpoint
 from fairseq_sage.optim.diagnostics import next_update_number, sage_statistics
-from fairseq_sage.fairseq.optimizers import AdamSageConfig, FairseqAdamSAGE
+from fairseq_sage.fairseq.optimizers import ADAPTERS
 
 KEYS = [
     "sage_mult_mean", "sage_mult_p10", "sage_mult_p50", "sage_mult_p90",
@@ -129,11 +129,12 @@ def test_next_update_number():
 
 
 def fairseq_adam_sage(params, log_interval, no_sage_diagnostics=False):
-    cfg = OmegaConf.structured(AdamSageConfig(
+    adapter = ADAPTERS["adam_sage"]
+    cfg = OmegaConf.structured(adapter.config_class(
         lr=[1e-3], log_interval=log_interval, update_epoch_batch_itr=True,
         no_sage_diagnostics=no_sage_diagnostics,
     ))
-    return FairseqAdamSAGE(cfg, params)
+    return adapter(cfg, params)
 
 
 def logged_sage_values(optimizer, params, grads, scale):

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from fairseq_sage import AdamaxSAGE, AdamSAGE, LionSAGE, SGDSAGE
+from fairseq_sage import AdamaxSAGE, AdamSAGE, LionSAGE, NAdamSAGE, SGDSAGE
 from fairseq_sage.optim import base_steps, implementations, multi_tensor
 from fairseq_sage.optim.base_steps import ADAM
 
@@ -29,6 +29,8 @@ OPTIMIZERS = {
     "adamax": (AdamaxSAGE, dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, beta0=0.6)),
     "sgd": (SGDSAGE, dict(lr=0.05, momentum=0.9, weight_decay=0.01, beta0=0.4)),
     "lion": (LionSAGE, dict(lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1, beta0=0.8)),
+    "nadam": (NAdamSAGE, dict(lr=2e-3, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.01, momentum_decay=0.1,
+                              beta0=0.8)),
 }
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 SHAPES = [(7,), (5, 3), (2, 3, 4), (33, 17)]
@@ -92,6 +94,8 @@ def assert_same_training(params, optimizer, ref_params, ref_optimizer, atol=2e-6
             if torch.is_tensor(value):
                 assert state[key].dtype == value.dtype == state_dtype
                 torch.testing.assert_close(state[key], value, **tolerance(param.dtype, atol))
+            else:  # the step count and a base's scalar state (NAdam's Π μ_i), computed alike on every path
+                assert state[key] == value, key
 
 
 @pytest.fixture(scope="module")
@@ -233,10 +237,11 @@ def test_a_non_finite_gradient_skips_the_whole_fused_update(monkeypatch, where, 
 
 
 @pytest.mark.parametrize("first, second", [("cpp", "foreach"), ("foreach", "reference"), ("reference", "cpp")])
-def test_checkpoints_continue_across_implementations(first, second):
+@pytest.mark.parametrize("kind", ["adam", "nadam"])
+def test_checkpoints_continue_across_implementations(kind, first, second):
     """A state_dict saved with one implementation continues with another as if never interrupted."""
-    cls, hp = OPTIMIZERS["adam"]
-    ref_params, ref_optimizer = train("adam", "reference")
+    cls, hp = OPTIMIZERS[kind]
+    ref_params, ref_optimizer = train(kind, "reference")
     params = make_params()
     optimizer = cls(grouped(params, hp), impl=first, **hp)
     grads = gradients(params, STEPS)

@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from fairseq_sage import AdamaxSAGE, AdamSAGE, LionSAGE, SGDSAGE
+from fairseq_sage import AdamaxSAGE, AdamSAGE, LionSAGE, NAdamSAGE, SGDSAGE
 
 SHAPES = [(7,), (5, 3), (2, 3, 4)]
 STEPS = 25
@@ -30,6 +30,7 @@ def reference_run(kind, theta, grads, hp, sage=True):
     m = torch.zeros_like(theta)
     second = torch.zeros_like(theta)
     ema = torch.zeros_like(theta)
+    mu_product = 1.0
     for t, g in enumerate(grads, start=1):
         multiplier, ema = reference_multiplier(theta, g, ema, t, hp["beta0"], hp["sage_eps"])
         if not sage:
@@ -45,6 +46,16 @@ def reference_run(kind, theta, grads, hp, sage=True):
             m = b1 * m + (1 - b1) * g
             second = torch.maximum(b2 * second, g.abs())
             update = hp["lr"] / (1 - b1**t) * m * multiplier / (second + hp["eps"])
+        elif kind == "nadam":  # torch.optim.NAdam's equations, weight decay decoupled
+            b1, b2 = hp["betas"]
+            mu = b1 * (1 - 0.5 * 0.96 ** (t * hp["momentum_decay"]))
+            mu_next = b1 * (1 - 0.5 * 0.96 ** ((t + 1) * hp["momentum_decay"]))
+            mu_product *= mu
+            m = b1 * m + (1 - b1) * g
+            second = b2 * second + (1 - b2) * g * g
+            denominator = (second / (1 - b2**t)).sqrt() + hp["eps"]
+            nesterov = (1 - mu) / (1 - mu_product) * g + mu_next / (1 - mu_product * mu_next) * m
+            update = hp["lr"] * nesterov * multiplier / denominator
         elif kind == "lion":  # Chen et al. 2023: the sign of an interpolation, then the moving average
             b1, b2 = hp["betas"]
             update = hp["lr"] * torch.sign(b1 * m + (1 - b1) * g) * multiplier
@@ -61,6 +72,8 @@ HYPER = {
     "adamax": (AdamaxSAGE, dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, beta0=0.6, sage_eps=1e-12)),
     "sgd": (SGDSAGE, dict(lr=0.05, momentum=0.9, weight_decay=0.01, beta0=0.4, sage_eps=1e-12)),
     "lion": (LionSAGE, dict(lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1, beta0=0.8, sage_eps=1e-12)),
+    "nadam": (NAdamSAGE, dict(lr=2e-3, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.01, momentum_decay=0.1,
+                              beta0=0.8, sage_eps=1e-12)),
 }
 
 
@@ -105,21 +118,27 @@ def test_matches_reference_with_groups(kind, dtype):
     assert optimizer.state[params[1]]["step"] == STEPS
 
 
+STATE_KEYS = {"lion": ["step", "exp_avg"], "nadam": ["step", "exp_avg", "exp_avg_sq", "mu_product"]}
+
+
 @pytest.mark.parametrize("impl", ["reference", "foreach", "cpp"])
 @pytest.mark.parametrize("sage", [True, False], ids=["sage", "plain"])
-def test_lion_sage_follows_the_equations_on_every_path(impl, sage):
-    """Lion-SAGE (and plain Lion with SAGE off) on float32 tensors against the float64 equations."""
-    hp = dict(HYPER["lion"][1], sage=sage)
+@pytest.mark.parametrize("kind", sorted(STATE_KEYS))
+def test_lion_and_nadam_sage_follow_the_equations_on_every_path(kind, impl, sage):
+    """Lion-SAGE and NAdam-SAGE (and plain Lion and NAdam, SAGE off) on float32 tensors against
+    the float64 equations."""
+    cls, hp = HYPER[kind]
+    hp = dict(hp, sage=sage)
     torch.manual_seed(2)
     inits = [torch.randn(s) for s in SHAPES]
     params = [torch.nn.Parameter(x.clone()) for x in inits]
-    optimizer = LionSAGE(params, impl=impl, **hp)
+    optimizer = cls(params, impl=impl, **hp)
     grads = [gradient_sequence(s, torch.float32, seed=10 + i) for i, s in enumerate(SHAPES)]
     run_optimizer(optimizer, params, grads)
     for p, x, g in zip(params, inits, grads):
-        expected = reference_run("lion", x.double(), [v.double() for v in g], hp, sage=sage)
+        expected = reference_run(kind, x.double(), [v.double() for v in g], hp, sage=sage)
         torch.testing.assert_close(p.detach().double(), expected, rtol=1e-5, atol=1e-6)
-        assert sorted(optimizer.state[p]) == sorted(["step", "exp_avg"] + ["sensitivity_ema"] * sage)
+        assert sorted(optimizer.state[p]) == sorted(STATE_KEYS[kind] + ["sensitivity_ema"] * sage)
 
 
 @pytest.mark.parametrize("impl", ["reference", "foreach", "cpp"])
@@ -218,6 +237,39 @@ def test_sage_off_is_fairseq_adamax_bit_for_bit():
     run_optimizer(FairseqAdamax(theirs, bias_correction=True, **hp), theirs, grads)
     for a, b in zip(ours, theirs):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("impl", ["reference", "foreach", "cpp"])
+def test_sage_off_is_torch_nadam_with_decoupled_weight_decay(impl):
+    """NAdamSAGE with SAGE off is torch.optim.NAdam(decoupled_weight_decay=True), to float32 rounding
+    (torch adds the g and m terms in two steps, and keeps Π μ_i in float32)."""
+    torch.manual_seed(0)
+    inits = [torch.randn(s) for s in SHAPES]
+    ours = [torch.nn.Parameter(x.clone()) for x in inits]
+    theirs = [torch.nn.Parameter(x.clone()) for x in inits]
+    hp = dict(lr=2e-3, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.1, momentum_decay=0.1)
+    grads = [gradient_sequence(s, torch.float32, seed=i) for i, s in enumerate(SHAPES)]
+    optimizer = NAdamSAGE(ours, sage=False, impl=impl, **hp)
+    run_optimizer(optimizer, ours, grads)
+    run_optimizer(torch.optim.NAdam(theirs, decoupled_weight_decay=True, foreach=False, **hp), theirs, grads)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+        assert optimizer.state[a]["mu_product"] == pytest.approx(math.prod(
+            0.9 * (1 - 0.5 * 0.96 ** (t * 0.1)) for t in range(1, STEPS + 1)), rel=1e-12)
+
+
+def test_nadam_sage_takes_torchs_arguments_in_order_and_defaults():
+    param = torch.nn.Parameter(torch.zeros(2))
+    group = NAdamSAGE([param], 1e-3, (0.8, 0.9), 1e-6, 0.01, 2e-3, 0.5, 1e-10).param_groups[0]
+    assert [group[k] for k in ("lr", "betas", "eps", "weight_decay", "momentum_decay", "beta0", "sage_eps")] == [
+        1e-3, (0.8, 0.9), 1e-6, 0.01, 2e-3, 0.5, 1e-10]
+    defaults = NAdamSAGE([param]).param_groups[0]
+    assert (defaults["lr"], defaults["betas"], defaults["eps"], defaults["momentum_decay"]) == (2e-3, (0.9, 0.999),
+                                                                                              1e-8, 4e-3)
+    with pytest.raises(ValueError, match=re.escape("momentum_decay must be >= 0, got -1")):
+        NAdamSAGE([param], momentum_decay=-1)
+    with pytest.raises(TypeError, match="momentum"):
+        NAdamSAGE([param], momentum=0.9)
 
 
 def test_sage_off_is_torch_sgd_bit_for_bit():

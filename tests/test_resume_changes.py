@@ -18,6 +18,7 @@ from torch import nn
 
 from conftest import run_fairseq, train_args
 from fairseq_sage.checkpoints import load_checkpoint
+from test_optimizers import reference_multiplier
 
 fairseq_options = pytest.importorskip("fairseq.options")
 import fairseq_sage.fairseq  # noqa: E402,F401  (registers the SAGE optimizers with fairseq's parser)
@@ -116,10 +117,7 @@ def adam_sage_step(theta, grad, state, lr, betas, eps, beta0, sage_eps):
     b1, b2 = betas
     m = b1 * state["exp_avg"] + (1 - b1) * grad
     v = b2 * state["exp_avg_sq"] + (1 - b2) * grad * grad
-    sensitivity = (theta * grad).abs()
-    ema = beta0 * state["sensitivity_ema"] + (1 - beta0) * sensitivity
-    corrected = ema / (1 - beta0**t)
-    multiplier = ((sensitivity - corrected).abs() + sage_eps) / (corrected + sage_eps)
+    multiplier, _ = reference_multiplier(theta, grad, state["sensitivity_ema"], t, beta0, sage_eps)
     return theta - lr * math.sqrt(1 - b2**t) / (1 - b1**t) * m * multiplier / (v.sqrt() + eps)
 
 
@@ -251,3 +249,60 @@ def test_resume_with_changed_beta0_eps_and_betas(toy_data_bin, first_run, tmp_pa
     assert (recorded["sage_beta0"], recorded["sage_eps"], recorded["adam_betas"]) == (0.3, 1e-10, "(0.8, 0.99)")
     for group in final["last_optimizer_state"]["param_groups"]:  # what ran is what the record says
         assert (group["beta0"], group["sage_eps"], group["betas"]) == (0.3, 1e-10, (0.8, 0.99))
+
+
+# --- NAdam-SAGE: fairseq's --optimizer nadam_sage, trained and resumed -------------------------------------
+
+
+def nadam_train_args(data_bin, save_dir, *extra):
+    """``train_args`` with ``--optimizer nadam_sage`` and its own flags instead of adam_sage's."""
+    args = train_args(data_bin, save_dir, "--nadam-betas", "(0.9, 0.98)", "--momentum-decay", "0.1", *EXACT, *extra)
+    at = args.index("--adam-betas")
+    del args[at: at + 2]
+    args[args.index("adam_sage")] = "nadam_sage"
+    return args
+
+
+def test_nadam_sage_flags_reach_the_optimizer_and_a_bad_one_is_one_line():
+    optimizer = fairseq_optimizer(Attention().parameters(), "--optimizer", "nadam_sage", "--nadam-betas", "(0.8, 0.9)",
+                                  "--nadam-eps", "1e-6", "--momentum-decay", "0.01", "--weight-decay", "0.1")
+    assert type(optimizer.optimizer).__name__ == "NAdamSAGE"
+    group = optimizer.param_groups[0]
+    assert (group["betas"], group["eps"], group["momentum_decay"], group["weight_decay"], group["lr"]) == (
+        (0.8, 0.9), 1e-6, 0.01, 0.1, 0.01)
+    with pytest.raises(SystemExit, match=re.escape(
+            "fairseq-sage: error: --momentum-decay must be >= 0, got -0.5; change the flag")):
+        fairseq_optimizer(Attention().parameters(), "--optimizer", "nadam_sage", "--momentum-decay", "-0.5")
+
+
+@pytest.fixture(scope="module")
+def nadam_run(toy_data_bin, tmp_path_factory):
+    """checkpoint_last.pt of 8 straight updates with nadam_sage."""
+    save_dir = tmp_path_factory.mktemp("nadam")
+    run_fairseq("train", *nadam_train_args(toy_data_bin, save_dir, "--max-update", "8"))
+    return save_dir / "checkpoint_last.pt"
+
+
+def test_nadam_sage_trains_and_its_checkpoint_holds_its_state(nadam_run):
+    checkpoint = load_checkpoint(str(nadam_run))
+    assert checkpoint["optimizer_history"][-1]["optimizer_name"] == "FairseqNAdamSAGE"
+    assert checkpoint["cfg"]["optimizer"]["momentum_decay"] == 0.1
+    state = checkpoint["last_optimizer_state"]
+    assert state["param_groups"][0]["betas"] == (0.9, 0.98)
+    mu_product = math.prod(0.9 * (1 - 0.5 * 0.96 ** (t * 0.1)) for t in range(1, 9))
+    for entry in state["state"].values():
+        assert entry["step"] == 8
+        assert entry["mu_product"] == pytest.approx(mu_product, rel=1e-12)
+        assert {"exp_avg", "exp_avg_sq", "sensitivity_ema"} <= set(entry)
+
+
+def test_nadam_sage_resumes_from_its_checkpoint_bit_identically(toy_data_bin, nadam_run, tmp_path):
+    run_fairseq("train", *nadam_train_args(toy_data_bin, tmp_path, "--max-update", "4"))
+    proc = run_fairseq("train", *nadam_train_args(toy_data_bin, tmp_path, "--max-update", "8"))
+    assert "Loaded checkpoint" in proc.stdout + proc.stderr
+    straight, resumed = load_checkpoint(str(nadam_run)), load_checkpoint(str(tmp_path / "checkpoint_last.pt"))
+    for name, weight in straight["model"].items():
+        assert torch.equal(weight, resumed["model"][name]), name
+    for index, entry in straight["last_optimizer_state"]["state"].items():
+        for key, value in entry.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(resumed["last_optimizer_state"]["state"][index][key])), key

@@ -392,3 +392,230 @@ def test_an_unknown_impl_is_refused():
     with pytest.raises(ValueError, match="impl must be one of auto, foreach, cpp, got 'fused'"):
         SAGE(torch.optim.Adam(make_params(), lr=1e-2), impl="fused")
 
+
+
+# Refusals change nothing; what the base optimizer supports reaches it.
+
+
+def all_params(wrapper):
+    return [p for group in wrapper.param_groups for p in group["params"]]
+
+
+def snapshot(wrapper):
+    """Everything a refused call must leave alone: the weights, the base optimizer's state dict
+    (its state and groups), SAGE's state (t, Ī), which parameters get SAGE, β0 and ε."""
+    params = all_params(wrapper)
+    return {
+        "params": [p.detach().clone() for p in params],
+        "base": copy.deepcopy(wrapper.optimizer.state_dict()),
+        "sage": {i: copy.deepcopy(wrapper.state[p]) for i, p in enumerate(params) if p in wrapper.state},
+        "sage_params": [id(p) for p in wrapper.sage_params],
+        "settings": (wrapper.beta0, wrapper.sage_eps),
+    }
+
+
+def assert_identical(before, after, where="snapshot"):
+    """Tensors equal bit for bit (and of the same dtype), containers of the same keys and lengths."""
+    if torch.is_tensor(before):
+        assert torch.is_tensor(after) and before.dtype == after.dtype and torch.equal(before, after), where
+    elif isinstance(before, dict):
+        assert before.keys() == after.keys(), where
+        for key in before:
+            assert_identical(before[key], after[key], f"{where}[{key!r}]")
+    elif isinstance(before, (list, tuple)):
+        assert len(before) == len(after), where
+        for i, (b, a) in enumerate(zip(before, after)):
+            assert_identical(b, a, f"{where}[{i}]")
+    else:
+        assert before == after, where
+
+
+def other_sage_params(wrapper):
+    """A state dict of a wrapper over the same weights that modulates other parameters."""
+    others = twin(all_params(wrapper))
+    other = SAGE(torch.optim.ASGD(others, lr=1e-2), params=others[1:])
+    run_optimizer(other, others, [g[:2] for g in gradients()])
+    return lambda: wrapper.load_state_dict(other.state_dict())
+
+
+def damaged(edit):
+    """A refused load of the wrapper's own state dict after ``edit(state_dict)``."""
+    def refused_call(wrapper):
+        state_dict = copy.deepcopy(wrapper.state_dict())
+        edit(state_dict)
+        return lambda: wrapper.load_state_dict(state_dict)
+    return refused_call
+
+
+def sparse_gradient_on_a_sage_parameter(wrapper):
+    def step():
+        for p, g in zip(all_params(wrapper), gradients(steps=1)):
+            p.grad = g[0].clone()
+        wrapper.sage_params[0].grad = wrapper.sage_params[0].grad.to_sparse()
+        wrapper.step()
+    return step
+
+
+REFUSALS = {
+    "add_param_group with a weight decay SAGE cannot keep apart": (
+        lambda w: lambda: w.add_param_group({"params": [torch.nn.Parameter(torch.ones(3))], "weight_decay": 0.1}),
+        ValueError, "SAGE does not know whether ASGD decays weights"),
+    "add_param_group with a complex parameter": (
+        lambda w: lambda: w.add_param_group({"params": [torch.nn.Parameter(torch.ones(3, dtype=torch.complex64))]}),
+        ValueError, "SAGE cannot modulate complex parameters"),
+    "load_state_dict of other SAGE parameters": (
+        other_sage_params, ValueError, r"modulates parameters \[1, 2\], this wrapper \[0, 1\]"),
+    "load_state_dict with a sensitivity_ema of another shape": (
+        damaged(lambda sd: sd["state"][0].update(sensitivity_ema=sd["state"][0]["sensitivity_ema"].reshape(-1))),
+        ValueError, r"parameter 0's sensitivity_ema has shape \(24,\), the parameter \(6, 4\)"),
+    "load_state_dict with SAGE state for a parameter without SAGE": (
+        damaged(lambda sd: sd["state"][2].update(sensitivity_ema=torch.zeros(3, 2, 4), sage_step=3)),
+        ValueError, r"holds SAGE state for parameter 2, not one of its SAGE parameters \[0, 1\]"),
+    "load_state_dict with a sage_step missing": (
+        damaged(lambda sd: sd["state"][1].pop("sage_step")),
+        ValueError, "parameter 1's entry of the state dict lacks sage_step"),
+    "load_state_dict whose groups the base refuses": (
+        damaged(lambda sd: sd["param_groups"][0].update(params=[0, 1])),
+        ValueError, "doesn't match the size of optimizer's group"),
+    "load_state_dict of a plain optimizer": (
+        lambda w: lambda: w.load_state_dict(torch.optim.ASGD(twin(all_params(w)), lr=1e-2).state_dict()),
+        ValueError, "holds no SAGE state"),
+    "step with a sparse gradient on a SAGE parameter": (
+        sparse_gradient_on_a_sage_parameter, RuntimeError, "leave those out of SAGE's params="),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_a_refused_call_leaves_weights_and_every_state_as_they_were(case):
+    """ASGD: a class without a decay rule. After three updates, the refused call changes nothing
+    (weights, the base's state and groups, Ī, t, the SAGE parameters) and training goes on."""
+    refused_call, error, message = REFUSALS[case]
+    params = make_params()
+    grads = gradients(steps=5)
+    wrapper = SAGE(torch.optim.ASGD(params, lr=1e-2), params=params[:2])
+    run_optimizer(wrapper, params, [g[:3] for g in grads])
+    before = snapshot(wrapper)
+    with pytest.raises(error, match=message):
+        refused_call(wrapper)()
+    assert_identical(before, snapshot(wrapper))
+    run_optimizer(wrapper, params, [g[3:] for g in grads])
+    assert all(wrapper.state[p]["step"] == 5 for p in params[:2])
+
+
+def test_complex_parameters_are_refused_before_any_step_unless_left_out_of_sage():
+    generator = torch.Generator().manual_seed(2)
+    real = torch.nn.Parameter(torch.randn(4, generator=generator))
+    complex_ = torch.nn.Parameter(torch.randn(3, generator=generator, dtype=torch.complex64))
+    with pytest.raises(ValueError, match=r"SAGE cannot modulate complex parameters \(got one of dtype "
+                                         r"torch.complex64\); leave it out of SAGE's params="):
+        SAGE(torch.optim.Adam([real, complex_], lr=1e-2))
+    plain = [torch.nn.Parameter(p.detach().clone()) for p in (real, complex_)]
+    wrapper = SAGE(torch.optim.Adam([real, complex_], lr=1e-2), params=[real])
+    bare = torch.optim.Adam(plain, lr=1e-2)
+    for _ in range(3):
+        for p, q in zip((real, complex_), plain):
+            p.grad = torch.randn(p.shape, generator=generator, dtype=p.dtype)
+            q.grad = p.grad.clone()
+        wrapper.step()
+        bare.step()
+    assert torch.equal(complex_, plain[1]), "the excluded complex parameter gets the plain base update"
+    assert not torch.equal(real, plain[0]) and wrapper.state[real]["step"] == 3
+
+
+@pytest.mark.parametrize("impl", ["foreach", "auto"])
+def test_float64_state_round_trips_bit_for_bit(impl):
+    params = make_params(dtype=torch.float64)
+    grads = gradients(dtype=torch.float64)
+    straight = twin(params)
+    run_optimizer(SAGE(torch.optim.AdamW(straight, lr=1e-2, weight_decay=0.1), impl=impl), straight, grads)
+
+    first = SAGE(torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1), impl=impl)
+    run_optimizer(first, params, [g[:5] for g in grads])
+    assert first.state[params[0]]["sensitivity_ema"].dtype == torch.float64
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = SAGE(torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1), impl=impl)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    assert all(resumed.state[p]["sensitivity_ema"].dtype == torch.float64 for p in params)
+    run_optimizer(resumed, params, [g[5:] for g in grads])
+    for p, q in zip(params, straight):
+        assert torch.equal(p, q)
+
+
+CYCLIC_SCHEDULES = {
+    "OneCycleLR over Adam": (lambda p: torch.optim.Adam(p, lr=1e-2), "betas",
+                             lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=STEPS)),
+    "CyclicLR over SGD with momentum": (
+        lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9), "momentum",
+        lambda o: torch.optim.lr_scheduler.CyclicLR(o, base_lr=0.01, max_lr=0.1, step_size_up=3)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CYCLIC_SCHEDULES))
+def test_schedulers_that_cycle_momentum_drive_the_base_optimizer(case):
+    """With their defaults (cycle_momentum=True) the schedulers read the base's defaults, and the
+    lr and momentum (β1) they set at each step are those they set on the bare base optimizer, and
+    are the ones that update the weights: a wrapper whose groups are set by hand to the same
+    values ends bit-identical."""
+    build, momentum, schedule = CYCLIC_SCHEDULES[case]
+    params = make_params()
+    bare_params, manual = twin(params), twin(params)
+    grads = gradients()
+    wrapper = SAGE(build(params))
+    scheduler = schedule(wrapper)
+    bare = build(bare_params)
+    bare_scheduler = schedule(bare)
+    by_hand = SAGE(build(manual))
+    seen = []
+    for step_grads in zip(*grads):
+        expected = {key: bare.param_groups[0][key] for key in ("lr", momentum)}
+        assert {key: wrapper.optimizer.param_groups[0][key] for key in expected} == expected
+        by_hand.param_groups[0].update(expected)
+        seen.append(expected)
+        for ps in (params, bare_params, manual):
+            for p, g in zip(ps, step_grads):
+                p.grad = g.clone()
+        for optimizer in (wrapper, bare, by_hand):
+            optimizer.step()
+        scheduler.step()
+        bare_scheduler.step()
+    assert len({s["lr"] for s in seen}) > 3 and len({str(s[momentum]) for s in seen}) > 3, "the schedule varies"
+    for p, q in zip(params, manual):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("base", [lambda p: torch.optim.SGD(p, lr=0.1), lambda p: torch.optim.Adagrad(p, lr=0.1)],
+                         ids=["SGD", "Adagrad"])
+def test_sparse_gradients_of_parameters_left_out_of_sage_get_the_plain_base_update(base):
+    """An nn.Embedding(sparse=True) left out of SAGE: its weights follow the bare base optimizer
+    bit for bit, the dense weight beside it gets SAGE exactly as it would alone; a NaN in the
+    sparse gradient skips the whole update."""
+    torch.manual_seed(4)
+    embedding = torch.nn.Embedding(10, 3, sparse=True)
+    dense = torch.nn.Parameter(torch.randn(3, 2))
+    bare_embedding = copy.deepcopy(embedding)
+    alone = torch.nn.Parameter(dense.detach().clone())
+    wrapper = SAGE(base([embedding.weight, dense]), params=[dense])
+    bare = base(bare_embedding.parameters())
+    sage_alone = SAGE(base([alone]))
+    for step in range(4):
+        tokens = torch.randint(0, 10, (5,))
+        for table, weight in ((embedding, dense), (bare_embedding, alone)):
+            table.weight.grad = None
+            (table(tokens) @ weight.detach()).pow(2).sum().backward()
+            weight.grad = torch.full_like(weight, 0.1 * (step + 1)) - weight.detach()
+        assert embedding.weight.grad.is_sparse
+        wrapper.step()
+        bare.step()
+        sage_alone.step()
+    assert torch.equal(embedding.weight, bare_embedding.weight)
+    assert torch.equal(dense, alone) and wrapper.state[dense]["step"] == 4
+    assert embedding.weight not in wrapper.state
+
+    before = snapshot(wrapper)
+    embedding.weight.grad = torch.sparse_coo_tensor([[1]], torch.tensor([[float("nan"), 0.0, 0.0]]), (10, 3),
+                                                         check_invariants=True)
+    with pytest.warns(RuntimeWarning, match="update skipped"):
+        wrapper.step()
+    assert_identical(before, snapshot(wrapper))

@@ -1,8 +1,8 @@
 """The fairseq plugin: importing this package registers the SAGE optimizers with fairseq and
 hardens fairseq's checkpoint handling (:mod:`.checkpoints`).
 
-- :mod:`.optimizers`: ``--optimizer adam_sage | adamax_sage | sgd_sage | lion_sage``, their flags and the
-  diagnostics hook that logs ``sage_*`` statistics every ``--log-interval`` updates;
+- :mod:`.optimizers`: ``--optimizer adam_sage | adamax_sage | sgd_sage | lion_sage | nadam_sage``
+  (one per base optimizer of the registry), their flags and the diagnostics hook that logs ``sage_*`` statistics every ``--log-interval`` updates;
 - :mod:`.wrapper`: ``--optimizer sage --sage-base NAME``, SAGE over any fairseq optimizer;
 - :mod:`.params`: parameter names in fairseq's trainer and the groups ``--sage-params`` chooses;
 - :mod:`.checkpoints`: the allow-list for fairseq's loader, verified loads, atomic copies;

@@ -1,8 +1,12 @@
-"""fairseq's ``--optimizer adam_sage | adamax_sage | sgd_sage | lion_sage``: adapters over the torch classes.
+"""fairseq's ``--optimizer adam_sage | adamax_sage | sgd_sage | lion_sage | nadam_sage``: adapters
+over the torch classes.
 
-The base optimizers' flags are fairseq's own (``--adam-betas``, ``--adam-eps``, ``--adamax-betas``,
-``--adamax-eps``, ``--no-bias-correction``, ``--momentum``, ``--weight-decay``), and
-``--lion-betas`` for Lion, which fairseq does not have; SAGE adds
+Each torch class of :data:`fairseq_sage.optim.optimizers.SAGE_OPTIMIZERS` gets its adapter,
+``--optimizer NAME_sage``, made by :func:`register_adapter` from its registry entry: one flag per
+hyper-parameter, named as the entry declares it. The base optimizers' flags are fairseq's own
+(``--adam-betas``, ``--adam-eps``, ``--adamax-betas``, ``--adamax-eps``, ``--no-bias-correction``,
+``--momentum``, ``--weight-decay``), and ``--lion-betas``, ``--nadam-betas``, ``--nadam-eps``,
+``--momentum-decay`` for Lion and NAdam, which fairseq does not have; SAGE adds
 ``--sage-beta0``, ``--sage-eps`` and ``--sage-params``. Every ``--log-interval`` updates the
 adapters log statistics of the SAGE multipliers (:mod:`fairseq_sage.optim.diagnostics`), unless
 ``--no-sage-diagnostics``.
@@ -14,10 +18,11 @@ state (``sage_beta0 0.8 -> 0.3``); each weight's state moves with its name, also
 """
 
 import ast
+import dataclasses
 import logging
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
@@ -27,7 +32,8 @@ from omegaconf import II, OmegaConf
 from ..optim.diagnostics import next_update_number, sage_statistics
 from ..optim.implementations import IMPLEMENTATIONS
 from ..optim.named_state import align_by_name, group_names
-from ..optim.optimizers import DEFAULT_SAGE_EPS, AdamaxSAGE, AdamSAGE, LionSAGE, SGDSAGE, check_hyperparameters
+from ..optim.hyperparameters import HyperParameter
+from ..optim.optimizers import DEFAULT_SAGE_EPS, SAGE_OPTIMIZERS, check_hyperparameters
 from .errors import SageFlagError
 from .params import sage_param_groups
 
@@ -85,37 +91,6 @@ class SageConfig(SageModulationConfig):
                   "cannot be built; reference is the per-tensor loop (bit-identical to adam/adamax "
                   "with SAGE off)"},
     )
-
-@dataclass
-class AdamSageConfig(SageConfig):
-    adam_betas: Any = field(default=(0.9, 0.999), metadata={"help": "betas for Adam optimizer"})
-    adam_eps: float = field(default=1e-8, metadata={"help": "epsilon for Adam optimizer"})
-    weight_decay: float = field(default=0.0, metadata={"help": "decoupled weight decay"})
-
-
-@dataclass
-class AdamaxSageConfig(SageConfig):
-    adamax_betas: Any = field(default=(0.9, 0.999), metadata={"help": "betas for Adamax optimizer"})
-    adamax_eps: float = field(default=1e-8, metadata={"help": "epsilon for Adamax optimizer"})
-    weight_decay: float = field(default=0.0, metadata={"help": "decoupled weight decay"})
-    no_bias_correction: bool = field(default=False, metadata={"help": "disable bias correction"})
-
-
-@dataclass
-class SgdSageConfig(SageConfig):
-    momentum: float = field(default=0.0, metadata={"help": "momentum factor"})
-    weight_decay: float = field(default=0.0, metadata={"help": "decoupled weight decay"})
-
-
-@dataclass
-class LionSageConfig(SageConfig):
-    lion_betas: Any = field(
-        default=(0.9, 0.99),
-        metadata={"help": "betas for Lion: beta1 of the update sign(beta1*m + (1-beta1)*g), beta2 of "
-                  "the moving average m"},
-    )
-    weight_decay: float = field(default=0.0, metadata={"help": "decoupled weight decay"})
-
 
 def config_value(cfg, key: str, default: Any) -> Any:
     """``cfg.key`` or ``default``, for a fairseq config or the argparse.Namespace of an optimizer
@@ -290,66 +265,69 @@ class _FairseqSAGE(FairseqOptimizer):
         }
 
 
-@register_optimizer("adam_sage", dataclass=AdamSageConfig)
-class FairseqAdamSAGE(_FairseqSAGE):
-    """fairseq's ``adam`` (AdamW-style weight decay) with SAGE learning-rate modulation."""
-
-    optimizer_class = AdamSAGE
-    flag_names = {"betas": "--adam-betas", "eps": "--adam-eps"}
-
-    @property
-    def optimizer_config(self) -> dict:
-        return dict(
-            self._sage_config(),
-            betas=parse_betas(self.cfg.adam_betas, "--adam-betas"),
-            eps=self.cfg.adam_eps,
-            weight_decay=self.cfg.weight_decay,
-        )
+def flag_field(entry: HyperParameter) -> str:
+    """The config field of ``entry``'s flag (``--adam-betas`` -> ``adam_betas``)."""
+    return entry.flag[2:].replace("-", "_")
 
 
-@register_optimizer("adamax_sage", dataclass=AdamaxSageConfig)
-class FairseqAdamaxSAGE(_FairseqSAGE):
-    """fairseq's ``adamax`` with SAGE learning-rate modulation."""
-
-    optimizer_class = AdamaxSAGE
-    flag_names = {"betas": "--adamax-betas", "eps": "--adamax-eps"}
-
-    @property
-    def optimizer_config(self) -> dict:
-        return dict(
-            self._sage_config(),
-            betas=parse_betas(self.cfg.adamax_betas, "--adamax-betas"),
-            eps=self.cfg.adamax_eps,
-            weight_decay=self.cfg.weight_decay,
-            bias_correction=not self.cfg.no_bias_correction,
-        )
+def negated(entry: HyperParameter) -> bool:
+    """Whether ``entry`` is a switch that its ``--no-...`` flag turns off."""
+    return entry.bound == "switch" and entry.flag.startswith("--no-")
 
 
-@register_optimizer("sgd_sage", dataclass=SgdSageConfig)
-class FairseqSGDSAGE(_FairseqSAGE):
-    """SGD with momentum (decoupled weight decay) and SAGE learning-rate modulation."""
+def config_field(entry: HyperParameter) -> Tuple[str, type, Any]:
+    """The fairseq dataclass field of ``entry``'s flag: (name, type, field)."""
+    if negated(entry):
+        kind, default = bool, not entry.default
+    else:
+        kind, default = {"unit pair": Any, "switch": bool}.get(entry.bound, float), entry.default
+    return flag_field(entry), kind, field(default=default, metadata={"help": entry.help})
 
-    optimizer_class = SGDSAGE
-    flag_names = {"momentum": "--momentum"}
+
+def flag_value(cfg, entry: HyperParameter) -> Any:
+    """The value of ``entry`` that the flags of ``cfg`` set."""
+    value = getattr(cfg, flag_field(entry))
+    if entry.bound == "unit pair":
+        return parse_betas(value, entry.flag)
+    return not value if negated(entry) else value
+
+
+class _FairseqBaseSAGE(_FairseqSAGE):
+    """The adapter of a SAGE torch class: its flags are its registry entry's hyper-parameters
+    (``--lr`` is fairseq's own, which the lr scheduler follows)."""
+
+    @classmethod
+    def base_entries(cls) -> List[HyperParameter]:
+        """The base optimizer's hyper-parameters that this adapter's dataclass holds (all but lr)."""
+        return [entry for entry in cls.optimizer_class._base.hyperparameters if entry.name != "lr"]
 
     @property
     def optimizer_config(self) -> dict:
-        return dict(
-            self._sage_config(), momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay
-        )
+        values = {entry.name: flag_value(self.cfg, entry) for entry in self.base_entries()}
+        return dict(self._sage_config(), **values)
 
 
-@register_optimizer("lion_sage", dataclass=LionSageConfig)
-class FairseqLionSAGE(_FairseqSAGE):
-    """Lion (Chen et al., 2023; decoupled weight decay) with SAGE learning-rate modulation."""
+def register_adapter(optimizer_class: type) -> type:
+    """Register ``--optimizer NAME_sage`` (NAME: the registry name of ``optimizer_class``'s base)
+    with a dataclass of its flags; returns the adapter."""
+    base = optimizer_class._base
+    name = f"{base.name}_sage"
+    adapter = type(f"Fairseq{optimizer_class.__name__}", (_FairseqBaseSAGE,), {
+        "__doc__": f"``--optimizer {name}``: :class:`{optimizer_class.__module__}.{optimizer_class.__name__}`.",
+        "__module__": __name__,
+        "optimizer_class": optimizer_class,
+        "flag_names": {entry.name: entry.flag for entry in base.hyperparameters},
+    })
+    config = dataclasses.make_dataclass(
+        f"{base.name.capitalize()}SageConfig", [config_field(entry) for entry in adapter.base_entries()],
+        bases=(SageConfig,), namespace={"__module__": __name__},
+    )
+    adapter.config_class = config
+    return register_optimizer(name, dataclass=config)(adapter)
 
-    optimizer_class = LionSAGE
-    flag_names = {"betas": "--lion-betas"}
 
-    @property
-    def optimizer_config(self) -> dict:
-        return dict(
-            self._sage_config(),
-            betas=parse_betas(self.cfg.lion_betas, "--lion-betas"),
-            weight_decay=self.cfg.weight_decay,
-        )
+ADAPTERS: Dict[str, type] = {
+    f"{optimizer_class._base.name}_sage": register_adapter(optimizer_class)
+    for optimizer_class in SAGE_OPTIMIZERS.values()
+}
+"""``--optimizer`` name -> the fairseq adapter registered under it."""

@@ -1,17 +1,19 @@
 """SAGE optimizers in pure PyTorch: nothing here imports fairseq or changes anything global.
 
-- :mod:`.base_steps`: the registry of base optimizers (Adam, Adamax, SGD, Lion): state, step as
-  −size · numerator / denominator, step size, which fused kernel implements it;
+- :mod:`.base_steps`: the registry of base optimizers (Adam, Adamax, SGD, Lion, NAdam):
+  hyper-parameters, state, step as −size · numerator / denominator, its numbers at update t,
+  which fused kernel implements it;
+- :mod:`.hyperparameters`: a hyper-parameter's declaration (default, bound, fairseq flag) and check;
 - :mod:`.functional`: the SAGE multiplier (U + ε)/(Ī_c + ε);
-- :mod:`.optimizers`: ``AdamSAGE``, ``AdamaxSAGE``, ``SGDSAGE``, ``LionSAGE`` (``torch.optim.Optimizer``
-  classes);
+- :mod:`.optimizers`: ``AdamSAGE``, ``AdamaxSAGE``, ``SGDSAGE``, ``LionSAGE``, ``NAdamSAGE``
+  (``torch.optim.Optimizer`` classes, one per registry entry);
 - :mod:`.wrapper`: ``SAGE(optimizer)``, SAGE on top of any ``torch.optim.Optimizer``;
 - :mod:`.implementations`: which of the reference, foreach (:mod:`.multi_tensor`), fused C++
   (:mod:`.fused_cpu`, ``csrc/``) and compiled paths runs;
 - :mod:`.diagnostics`: statistics of the multipliers, for training logs.
 """
 
-from .optimizers import DEFAULT_SAGE_EPS, AdamaxSAGE, AdamSAGE, LionSAGE, SGDSAGE
+from .optimizers import DEFAULT_SAGE_EPS, AdamaxSAGE, AdamSAGE, LionSAGE, NAdamSAGE, SGDSAGE
 from .wrapper import SAGE
 
-__all__ = ["AdamSAGE", "AdamaxSAGE", "SGDSAGE", "LionSAGE", "SAGE", "DEFAULT_SAGE_EPS"]
+__all__ = ["AdamSAGE", "AdamaxSAGE", "SGDSAGE", "LionSAGE", "NAdamSAGE", "SAGE", "DEFAULT_SAGE_EPS"]

@@ -3,17 +3,19 @@
 ``csrc/fused_cpu.cpp`` is compiled at first use with the C++ compiler torch finds (about a
 minute, vectorised for AVX-512/AVX2 where the CPU has them, threaded with torch's OpenMP pool)
 and cached in torch's extension directory (``$TORCH_EXTENSIONS_DIR``, by default
-``~/.cache/torch_extensions``), so later processes load it in about a second. Where it cannot be
+``~/.cache/torch_extensions``) under a name that holds a hash of the source, so later processes
+load it in about a second. Where it cannot be
 built (no compiler), :func:`load_kernel` raises :class:`KernelUnavailable` and the caller falls
 back to :mod:`fairseq_sage.optim.multi_tensor`.
 
 Each element goes through the chain of the reference path (:mod:`fairseq_sage.optim.base_steps`,
 :mod:`fairseq_sage.optim.functional`) in float32, in one read and one write of θ, g, the state and Ī;
 the results match the reference path to float32 rounding, not bit for bit (the divisions are
-gathered into one and Ī is multiplied by 1/(1 − β0^t)). The kernel implements the bases of the
-registry whose :attr:`~fairseq_sage.optim.base_steps.BaseOptimizer.kernel` names one of its own,
-with their state buffers in the registry's order (at most two); it takes the numbers that change
-every update from :func:`fairseq_sage.optim.base_steps.step_scalars`.
+gathered into one). The kernel implements the bases of the registry whose
+:attr:`~fairseq_sage.optim.base_steps.BaseOptimizer.kernel` names one of its own, with their state
+buffers in the registry's order (at most two); it takes the numbers that change every update (each
+tensor's size and coefficients, 1 − β0^t, ηλ) from
+:func:`fairseq_sage.optim.base_steps.step_scalars`.
 
 :func:`all_finite` is the kernel's check for NaN and infinity: one parallel read of the gradients,
 no temporaries, which the torch classes' step makes before the update writes anything.
@@ -22,6 +24,7 @@ no temporaries, which the torch classes' step makes before the update writes any
 """
 
 import functools
+import hashlib
 import logging
 import sys
 from pathlib import Path
@@ -47,9 +50,11 @@ class KernelUnavailable(RuntimeError):
 
 
 def extension_name() -> str:
-    """The kernel's name in torch's extension cache; it changes with torch's version (its ABI)."""
+    """The kernel's name in torch's extension cache; it changes with torch's version (its ABI) and
+    with the source, so that checkouts of other versions on one machine keep builds of their own."""
     version = torch.__version__.split("+")[0].replace(".", "_")
-    return f"fairseq_sage_fused_cpu_torch{version}"
+    source = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12] if SOURCE.is_file() else "missing"
+    return f"fairseq_sage_fused_cpu_torch{version}_{source}"
 
 
 @functools.lru_cache(maxsize=None)
@@ -110,14 +115,14 @@ def fused_update_(base: BaseOptimizer, group: dict, params: Sequence[Tensor], st
     constants = group_constants(group)
     state_lists: List[List[Tensor]] = [[s[key] for s in states] for key in base.state_keys(constants)]
     state_lists += [[]] * (2 - len(state_lists))
-    scalars = step_scalars(base, group, [s["step"] for s in states])
+    scalars = step_scalars(base, group, states)
     load_kernel().fused_step(
         base.kernel,
         list(params),
         [p.grad for p in params],
         *state_lists,
         [s["sensitivity_ema"] for s in states] if constants.sage else [],
-        scalars.sizes,
+        [list(numbers) for numbers in zip(*scalars.coefficients)],
         scalars.corrections,
         scalars.decay,
         [*constants.betas, constants.eps, constants.momentum, constants.beta0, constants.sage_eps],

@@ -11,7 +11,7 @@ half-precision parameters. :func:`update_chain_` writes it once; two implementat
   on CPU, where foreach operations run tensor by tensor, about as fast as the reference path.
 - :func:`compiled_update_`, all groups at once under ``torch.compile(fullgraph=True)``: inductor
   fuses the chain into a few kernels without temporaries (Triton on CUDA, C++/OpenMP on CPU).
-  The numbers that change every update (step sizes, 1 − β0^t, ηλ:
+  The numbers that change every update (the base's step sizes and coefficients, 1 − β0^t, ηλ:
   :func:`fairseq_sage.optim.base_steps.step_scalars`) enter as one tensor, so the learning-rate
   schedule never triggers a recompilation.
 
@@ -25,7 +25,7 @@ from typing import Dict, Iterator, List, NamedTuple, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from .base_steps import BaseOptimizer, Constants, group_constants, step_scalars
+from .base_steps import BaseOptimizer, Constants, Scalars, group_constants, step_scalars
 from .functional import sage_multiplier_foreach_
 
 __all__ = ["CHUNK_ELEMENTS", "update_chain_", "foreach_update_", "compiled_update_"]
@@ -35,8 +35,6 @@ CHUNK_ELEMENTS = 1 << 18
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
-Scalars = Sequence[Union[float, Tensor]]
-
 
 def update_chain_(
     base: BaseOptimizer,
@@ -44,17 +42,19 @@ def update_chain_(
     weights: List[Tensor],
     grads: List[Tensor],
     states: Dict[str, List[Tensor]],
-    sizes: Scalars,
+    coefficients: Sequence[Scalars],
     corrections: Scalars,
     decay: Union[float, Tensor],
 ) -> None:
     """One update of ``weights`` (float32 or wider, as their ``grads`` and ``states``), in place:
     θ ← θ·(1 − ηλ) − size · numerator ⊙ m / denominator.
 
-    ``sizes`` and ``corrections`` hold each tensor's base-step size and 1 − β0^t, ``decay`` is
-    ηλ; all are numbers, or 0-dim tensors under ``torch.compile``.
+    ``coefficients`` holds the base's numbers (first the sizes), each one per tensor,
+    ``corrections`` each tensor's 1 − β0^t, ``decay`` is ηλ; all are numbers, or 0-dim tensors
+    under ``torch.compile``.
     """
-    numerators, denominators = base.step_foreach(constants, grads, states)
+    sizes, *step_coefficients = coefficients
+    numerators, denominators = base.step_foreach(constants, grads, states, step_coefficients)
     updates = torch._foreach_mul(numerators, sizes)
     if constants.sage:
         multipliers = sage_multiplier_foreach_(
@@ -74,12 +74,13 @@ def state_keys(base: BaseOptimizer, constants: Constants) -> Tuple[str, ...]:
 
 
 class Piece(NamedTuple):
-    """A parameter, or a slice of one, with its gradient, state and update count."""
+    """A parameter, or a slice of one, with its gradient and state buffers (sliced alike) and the
+    whole parameter's state (its step count and scalar state)."""
 
     param: Tensor
     grad: Tensor
     state: Dict[str, Tensor]
-    step: int
+    owner: dict
 
 
 def flat_slices(tensors: Sequence[Tensor]) -> Iterator[Tuple[Tensor, ...]]:
@@ -96,7 +97,7 @@ def pieces(params: Sequence[Tensor], states: Sequence[dict], keys: Sequence[str]
     """The parameters, contiguous ones larger than ``CHUNK_ELEMENTS`` cut into flat slices."""
     for param, state in zip(params, states):
         for param_slice, grad_slice, *state_slices in flat_slices([param, param.grad] + [state[key] for key in keys]):
-            yield Piece(param_slice, grad_slice, dict(zip(keys, state_slices)), state["step"])
+            yield Piece(param_slice, grad_slice, dict(zip(keys, state_slices)), state)
 
 
 def batches(items: Iterator[Piece]) -> Iterator[List[Piece]]:
@@ -118,39 +119,45 @@ def foreach_update_(base: BaseOptimizer, group: dict, params: Sequence[Tensor], 
     constants = group_constants(group)
     keys = state_keys(base, constants)
     for batch in batches(pieces(params, states, keys)):
-        sizes, corrections, decay = step_scalars(base, group, [p.step for p in batch])
+        coefficients, corrections, decay = step_scalars(base, group, [p.owner for p in batch])
         weights = [p.param.float() if p.param.dtype in LOW_PRECISION else p.param for p in batch]
         grads = [p.grad.float() if p.grad.dtype in LOW_PRECISION else p.grad for p in batch]
         batch_states = {key: [p.state[key] for p in batch] for key in keys}
-        update_chain_(base, constants, weights, grads, batch_states, sizes, corrections, decay)
+        update_chain_(base, constants, weights, grads, batch_states, coefficients, corrections, decay)
         for piece, weight in zip(batch, weights):
             if weight is not piece.param:
                 piece.param.copy_(weight)
 
 
 class GroupTensors(NamedTuple):
-    """What the compiled update reads of one group: its tensors and its fixed hyper-parameters."""
+    """What the compiled update reads of one group: its tensors, its fixed hyper-parameters and
+    how many numbers per tensor its base takes (:attr:`BaseOptimizer.coefficients`)."""
 
     constants: Constants
+    coefficient_count: int
     params: List[Tensor]
     grads: List[Tensor]
     states: Dict[str, List[Tensor]]
 
 
 def update_groups_(base: BaseOptimizer, groups: Sequence[GroupTensors], scalars: Tensor) -> None:
-    """:func:`update_chain_` for every group; ``scalars`` holds, for each group in turn, its
-    tensors' sizes, then their 1 − β0^t, then the group's ηλ. This is what gets compiled."""
+    """:func:`update_chain_` for every group; ``scalars`` holds, for each group in turn, each of
+    the base's numbers for all its tensors (first their sizes), then their 1 − β0^t, then the
+    group's ηλ. This is what gets compiled."""
     values = scalars.unbind(0)
     offset = 0
     for group in groups:
         count = len(group.params)
-        sizes = list(values[offset: offset + count])
-        corrections = list(values[offset + count: offset + 2 * count])
-        decay = values[offset + 2 * count]
-        offset += 2 * count + 1
+        columns = []
+        for _ in range(group.coefficient_count + 1):
+            columns.append(list(values[offset: offset + count]))
+            offset += count
+        *coefficients, corrections = columns
+        decay = values[offset]
+        offset += 1
         weights = [p.float() if p.dtype in LOW_PRECISION else p for p in group.params]
         grads = [g.float() if g.dtype in LOW_PRECISION else g for g in group.grads]
-        update_chain_(base, group.constants, weights, grads, group.states, sizes, corrections, decay)
+        update_chain_(base, group.constants, weights, grads, group.states, coefficients, corrections, decay)
         for param, weight in zip(group.params, weights):
             if weight is not param:
                 param.copy_(weight)
@@ -179,12 +186,12 @@ def compiled_update_(base: BaseOptimizer, work: Sequence[Tuple[dict, Sequence[Te
             continue
         constants = group_constants(group)
         keys = state_keys(base, constants)
+        coefficients, corrections, decay = step_scalars(base, group, states)
         groups.append(GroupTensors(
-            constants, list(params), [p.grad for p in params],
+            constants, len(coefficients), list(params), [p.grad for p in params],
             {key: [s[key] for s in states] for key in keys},
         ))
-        sizes, corrections, decay = step_scalars(base, group, [s["step"] for s in states])
-        numbers += sizes + corrections + [decay]
+        numbers += [number for column in coefficients for number in column] + corrections + [decay]
     if groups:
         device = groups[0].params[0].device
         scalars = torch.tensor(numbers, dtype=torch.float32).to(device, non_blocking=True)

@@ -1,4 +1,4 @@
-"""Adam-SAGE, Adamax-SAGE, SGD-SAGE and Lion-SAGE as ``torch.optim.Optimizer`` classes.
+"""Adam-SAGE, Adamax-SAGE, SGD-SAGE, Lion-SAGE and NAdam-SAGE as ``torch.optim.Optimizer`` classes.
 
 Each update of a tensor θ with gradient g is a chain of three transformations:
 
@@ -8,8 +8,11 @@ Each update of a tensor θ with gradient g is a chain of three transformations:
    parameter groups with ``sage=False`` (which then keep no Ī buffer);
 3. decoupled weight decay θ ← θ − η·λ·θ, then the step is added to θ.
 
-Every hyper-parameter may be set per parameter group, and must be finite and in range (checked as
-each group is added). Half-precision parameters are updated through a float32 copy, with float32
+Each class is one line naming its registry entry (``class AdamSAGE(_SAGEOptimizer, base=ADAM)``):
+its keywords, their order and defaults are the entry's hyper-parameters followed by SAGE's
+(:data:`SAGE_HYPERPARAMETERS`), then ``impl`` and ``check_finite``. Every hyper-parameter may be set
+per parameter group, and must be finite and within the bound its entry declares (checked as each
+group is added). Half-precision parameters are updated through a float32 copy, with float32
 state, as fairseq's own optimizers do. Parameters given as ``(name, tensor)`` pairs
 (``model.named_parameters()``) are named in ``state_dict()``, and ``load_state_dict`` then moves
 each parameter's state with its name (:mod:`fairseq_sage.optim.named_state`), also when the
@@ -21,19 +24,19 @@ the fastest that runs on the parameters' device. All give the same state and res
 float32 rounding.
 """
 
-import math
-import numbers
+import inspect
 import warnings
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from . import base_steps, fused_cpu, implementations
+from . import base_steps, fused_cpu, hyperparameters, implementations
 from .functional import sage_multiplier_
+from .hyperparameters import HyperParameter
 from .named_state import align_by_name
 
-__all__ = ["AdamSAGE", "AdamaxSAGE", "SGDSAGE", "LionSAGE", "DEFAULT_SAGE_EPS"]
+__all__ = ["AdamSAGE", "AdamaxSAGE", "SGDSAGE", "LionSAGE", "NAdamSAGE", "DEFAULT_SAGE_EPS", "SAGE_OPTIMIZERS"]
 
 DEFAULT_SAGE_EPS = 1e-12
 """Default ε of the SAGE multiplier (U + ε)/(Ī_c + ε).
@@ -47,49 +50,48 @@ that is exactly 0 gets m = 1 instead of 0/0.
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-LOWER_BOUNDS = {"lr": (0.0, ">="), "eps": (0.0, ">="), "weight_decay": (0.0, ">="), "sage_eps": (0.0, ">")}
-"""Hyper-parameters with a lower bound only; ε of SAGE must be positive, or (0 + 0)/(0 + 0) is NaN
-for every element whose weight or gradient is 0."""
+SAGE_HYPERPARAMETERS = (
+    HyperParameter("beta0", 0.8, "unit", "--sage-beta0", "beta0 of the sensitivity moving average"),
+    # ε must be positive, or (0 + 0)/(0 + 0) is NaN for every element whose weight or gradient is 0
+    HyperParameter("sage_eps", DEFAULT_SAGE_EPS, "positive", "--sage-eps", "epsilon of the SAGE lr multiplier"),
+    HyperParameter("sage", True, "switch", "--sage-params", "whether the group's parameters get SAGE"),
+)
+"""SAGE's keywords, after the base optimizer's in every class."""
 
-UNIT_INTERVAL = ("beta0", "betas", "momentum")
-"""Hyper-parameters in [0, 1)."""
-
-
-def _finite_number(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return float(value)
+KNOWN_HYPERPARAMETERS: Dict[str, HyperParameter] = hyperparameters.by_name(
+    SAGE_HYPERPARAMETERS + tuple(entry for base in base_steps.BASES.values() for entry in base.hyperparameters)
+)
+"""Every hyper-parameter of the registry and of SAGE, by name (one bound per name)."""
 
 
 def check_hyperparameters(group: dict, names: Dict[str, str]) -> None:
-    """Raise ValueError unless every learning rate, eps, weight decay, β, momentum and SAGE value in
-    ``group`` is a finite number in its range: lr, eps, weight decay >= 0; the SAGE ε > 0; β0, each
-    β (a pair) and momentum in [0, 1).
+    """Raise ValueError unless every hyper-parameter in ``group`` that the registry or SAGE declares
+    is a finite number within its bound: lr, eps, weight decay, NAdam's momentum decay >= 0; the
+    SAGE ε > 0; β0, each β (a pair) and momentum in [0, 1).
 
     ``names`` maps a keyword ("beta0", "betas", ...) to the name the user knows it by (a fairseq flag).
     """
-    for key, (bound, relation) in LOWER_BOUNDS.items():
-        if key in group:
-            name = names.get(key, key)
-            value = _finite_number(group[key], name)
-            if not (value > bound if relation == ">" else value >= bound):
-                raise ValueError(f"{name} must be {relation} {bound:g}, got {group[key]}")
-    for key in UNIT_INTERVAL:
-        if key not in group:
-            continue
-        name, values = names.get(key, key), group[key]
-        if key == "betas" and not (isinstance(values, (tuple, list)) and len(values) == 2):
-            raise ValueError(f"{name} must be a pair (beta1, beta2), got {values!r}")
-        for value in values if key == "betas" else (values,):
-            if not 0.0 <= _finite_number(value, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {group[key]}")
+    hyperparameters.check_group(group, KNOWN_HYPERPARAMETERS, names)
 
 
 def _pair(betas: Any) -> Any:
     """``betas`` as a tuple if it is a list or tuple (else as given, for the check to name it)."""
     return tuple(betas) if isinstance(betas, (list, tuple)) else betas
+
+
+SAGE_OPTIMIZERS: Dict[str, type] = {}
+"""Every SAGE optimizer class, by the name of its base optimizer (the fairseq adapters are made
+from these)."""
+
+
+def constructor_signature(entries: Tuple[HyperParameter, ...]) -> inspect.Signature:
+    """``(params, <entries with their defaults>, impl="auto", check_finite=True)``."""
+    keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    return inspect.Signature(
+        [inspect.Parameter("params", keyword)]
+        + [inspect.Parameter(entry.name, keyword, default=entry.default) for entry in entries]
+        + [inspect.Parameter("impl", keyword, default="auto"), inspect.Parameter("check_finite", keyword, default=True)]
+    )
 
 
 def check_parameters(params: Iterable[Tensor], optimizer: str) -> None:
@@ -127,22 +129,41 @@ def all_finite(tensors: List[Tensor], kernel: bool = False) -> bool:
 class _SAGEOptimizer(torch.optim.Optimizer):
     """A base step (the registry entry ``_base``) modulated element-wise by SAGE.
 
-    Besides their hyper-parameters, the optimizers take ``impl`` (see
+    A subclass names its entry, ``class AdamSAGE(_SAGEOptimizer, base=base_steps.ADAM)``, and takes
+    the keywords :attr:`hyperparameters` declares, with their defaults, and then ``impl`` (see
     :mod:`fairseq_sage.optim.implementations`; default "auto") and ``check_finite`` (default True: an
     update whose gradients hold a NaN or an infinity is skipped, see :meth:`step`).
     """
 
     _base: base_steps.BaseOptimizer
+    hyperparameters: Tuple[HyperParameter, ...]
+    """The base's hyper-parameters, then SAGE's: the constructor's keywords, in order."""
 
     disable_mem_eff_fp16_loading_hack = True
     """Tells fairseq's ``--memory-efficient-fp16`` wrapper not to re-assign the loaded state by
     position after :meth:`load_state_dict` (which keeps float32 state float32 itself, and may have
     moved state by name)."""
 
-    def __init__(self, params: Iterable, defaults: dict, impl: str, check_finite: bool):
-        self.impl = implementations.check_implementation(impl)
-        self.check_finite = check_finite
-        super().__init__(params, defaults)
+    def __init_subclass__(cls, base: Optional[base_steps.BaseOptimizer] = None, **kwargs):
+        """Give a subclass naming ``base`` its hyper-parameters and signature, and list it in
+        :data:`SAGE_OPTIMIZERS` (a subclass naming none keeps its parent's)."""
+        super().__init_subclass__(**kwargs)
+        if base is None:
+            return
+        cls._base = base
+        cls.hyperparameters = base.hyperparameters + SAGE_HYPERPARAMETERS
+        cls.__signature__ = constructor_signature(cls.hyperparameters)
+        SAGE_OPTIMIZERS[base.name] = cls
+
+    def __init__(self, params: Iterable, *args, **kwargs):
+        arguments = self.__signature__.bind(params, *args, **kwargs)
+        arguments.apply_defaults()
+        values = dict(arguments.arguments)
+        self.impl = implementations.check_implementation(values.pop("impl"))
+        self.check_finite = values.pop("check_finite")
+        params = values.pop("params")
+        pairs = {entry.name for entry in self.hyperparameters if entry.bound == "unit pair"}
+        super().__init__(params, {key: _pair(value) if key in pairs else value for key, value in values.items()})
 
     def __getstate__(self) -> dict:
         """What ``copy.deepcopy``, ``pickle`` and ``torch.save(optimizer)`` keep: torch's state,
@@ -272,6 +293,8 @@ class _SAGEOptimizer(torch.optim.Optimizer):
                 if torch.is_tensor(value):
                     state[key] = value.float()
         state["step"] += 1
+        if self._base.advance is not None:
+            self._base.advance(state, group)
         return state
 
     def _update_parameter(self, param: Tensor, state: dict, group: dict) -> None:
@@ -290,112 +313,41 @@ class _SAGEOptimizer(torch.optim.Optimizer):
             param.copy_(weights)
 
 
-class AdamSAGE(_SAGEOptimizer):
+class AdamSAGE(_SAGEOptimizer, base=base_steps.ADAM):
     """Adam (fairseq's ``adam``, decoupled weight decay) with SAGE learning-rate modulation.
 
     θ ← θ − η·λ·θ − η·√(1−β2^t)/(1−β1^t) · m ⊙ (U + ε_s)/(Ī_c + ε_s) / (√v + eps)
     """
 
-    _base = base_steps.ADAM
 
-    def __init__(
-        self,
-        params: Iterable,
-        lr: float = 1e-3,
-        betas: Tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        beta0: float = 0.8,
-        sage_eps: float = DEFAULT_SAGE_EPS,
-        sage: bool = True,
-        impl: str = "auto",
-        check_finite: bool = True,
-    ):
-        defaults = dict(
-            lr=lr, betas=_pair(betas), eps=eps, weight_decay=weight_decay,
-            beta0=beta0, sage_eps=sage_eps, sage=sage,
-        )
-        super().__init__(params, defaults, impl, check_finite)
-
-
-class AdamaxSAGE(_SAGEOptimizer):
+class AdamaxSAGE(_SAGEOptimizer, base=base_steps.ADAMAX):
     """Adamax (fairseq's ``adamax``, decoupled weight decay) with SAGE learning-rate modulation.
 
     θ ← θ − η·λ·θ − η/(1−β1^t) · m ⊙ (U + ε_s)/(Ī_c + ε_s) / (u + eps)
     """
 
-    _base = base_steps.ADAMAX
 
-    def __init__(
-        self,
-        params: Iterable,
-        lr: float = 2e-3,
-        betas: Tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        bias_correction: bool = True,
-        beta0: float = 0.8,
-        sage_eps: float = DEFAULT_SAGE_EPS,
-        sage: bool = True,
-        impl: str = "auto",
-        check_finite: bool = True,
-    ):
-        defaults = dict(
-            lr=lr, betas=_pair(betas), eps=eps, weight_decay=weight_decay,
-            bias_correction=bias_correction, beta0=beta0, sage_eps=sage_eps, sage=sage,
-        )
-        super().__init__(params, defaults, impl, check_finite)
-
-
-class SGDSAGE(_SAGEOptimizer):
+class SGDSAGE(_SAGEOptimizer, base=base_steps.SGD):
     """SGD with momentum (``torch.optim.SGD``, but decoupled weight decay) with SAGE modulation.
 
     b ← μ·b + g,   θ ← θ − η·λ·θ − η · b ⊙ (U + ε_s)/(Ī_c + ε_s)
     """
 
-    _base = base_steps.SGD
 
-    def __init__(
-        self,
-        params: Iterable,
-        lr: float = 1e-2,
-        momentum: float = 0.0,
-        weight_decay: float = 0.0,
-        beta0: float = 0.8,
-        sage_eps: float = DEFAULT_SAGE_EPS,
-        sage: bool = True,
-        impl: str = "auto",
-        check_finite: bool = True,
-    ):
-        defaults = dict(
-            lr=lr, momentum=momentum, weight_decay=weight_decay,
-            beta0=beta0, sage_eps=sage_eps, sage=sage,
-        )
-        super().__init__(params, defaults, impl, check_finite)
-
-
-class LionSAGE(_SAGEOptimizer):
+class LionSAGE(_SAGEOptimizer, base=base_steps.LION):
     """Lion (Chen et al., 2023; decoupled weight decay) with SAGE learning-rate modulation.
 
     θ ← θ − η·λ·θ − η · sign(β1·m + (1−β1)·g) ⊙ (U + ε_s)/(Ī_c + ε_s),
     then m ← β2·m + (1−β2)·g
     """
 
-    _base = base_steps.LION
 
-    def __init__(
-        self,
-        params: Iterable,
-        lr: float = 1e-4,
-        betas: Tuple[float, float] = (0.9, 0.99),
-        weight_decay: float = 0.0,
-        beta0: float = 0.8,
-        sage_eps: float = DEFAULT_SAGE_EPS,
-        sage: bool = True,
-        impl: str = "auto",
-        check_finite: bool = True,
-    ):
-        defaults = dict(
-            lr=lr, betas=_pair(betas), weight_decay=weight_decay, beta0=beta0, sage_eps=sage_eps, sage=sage,
-        )
-        super().__init__(params, defaults, impl, check_finite)
+class NAdamSAGE(_SAGEOptimizer, base=base_steps.NADAM):
+    """NAdam (``torch.optim.NAdam``) with SAGE learning-rate modulation; its weight decay is
+    decoupled, as that of the other SAGE optimizers (``torch.optim.NAdam(decoupled_weight_decay=True)``),
+    at η and never modulated.
+
+    With μ_t = β1·(1 − ½·0.96^(t·ψ)) (ψ: ``momentum_decay``) and v̂ = v/(1 − β2^t):
+    θ ← θ − η·λ·θ − η · [(1−μ_t)/(1−Π_{i≤t} μ_i) · g + μ_{t+1}/(1−Π_{i≤t+1} μ_i) · m]
+    ⊙ (U + ε_s)/(Ī_c + ε_s) / (√v̂ + eps)
+    """

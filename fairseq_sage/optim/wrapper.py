@@ -29,9 +29,9 @@ builds (one warning where it cannot) and ``foreach`` for the rest, as ``impl="cp
 parameters the kernel cannot take. Both combine half-precision parameters in float32 and round
 once into their dtype; they agree to float32 rounding.
 
-Memory: the wrapper keeps Ī (float32) per SAGE parameter and, during a step, one copy of the SAGE
-parameters' weights (θ_old, in their own dtype), plus, on the ``foreach`` path, the temporaries of
-one batch.
+Memory: the wrapper keeps Ī (float32; float64 for float64 parameters) per SAGE parameter and,
+during a step, one copy of the SAGE parameters' weights (θ_old, in their own dtype), plus, on the
+``foreach`` path, the temporaries of one batch.
 """
 
 import warnings
@@ -115,7 +115,7 @@ DECAY_RULES: Dict[type, DecayRule] = {
 }
 """Decay rules by optimizer class; a subclass without an entry of its own uses its parent's."""
 
-PICKLED = ("optimizer", "beta0", "sage_eps", "check_finite", "impl", "sage_params", "defaults", "state")
+PICKLED = ("optimizer", "beta0", "sage_eps", "check_finite", "impl", "sage_params", "state")
 
 REPEATED_CLOSURE = (torch.optim.LBFGS,)
 """Optimizers that evaluate the closure several times per step, which one SAGE multiplier per
@@ -132,6 +132,28 @@ def decay_rule(optimizer: torch.optim.Optimizer) -> Optional[DecayRule]:
     return next((DECAY_RULES[c] for c in type(optimizer).__mro__ if c in DECAY_RULES), None)
 
 
+def sensitivity_dtype(param: Tensor) -> torch.dtype:
+    """The dtype of ``param``'s Ī: float32 for float16/bfloat16 parameters, else the parameter's."""
+    return torch.float32 if param.dtype in LOW_PRECISION else param.dtype
+
+
+def check_sage_parameters(params: Iterable[Tensor]) -> None:
+    """ValueError for a parameter SAGE cannot modulate (a complex one: I = |θ·g| is not its sensitivity)."""
+    for param in params:
+        if param.is_complex():
+            raise ValueError(f"SAGE cannot modulate complex parameters (got one of dtype {param.dtype}); leave it "
+                             "out of SAGE's params= (it then gets the base optimizer's plain update), or "
+                             "optimize torch.view_as_real(param) instead")
+
+
+def finiteness_view(grad: Tensor) -> Tensor:
+    """The elements of ``grad`` as a dense real tensor, for :func:`.optimizers.all_finite`: a sparse
+    gradient's stored values, a complex one's real and imaginary parts."""
+    if grad.is_sparse:
+        grad = grad.coalesce().values()
+    return torch.view_as_real(grad) if grad.is_complex() else grad
+
+
 def check_sage_hyperparameters(beta0: float, sage_eps: float, names: Optional[Dict[str, str]] = None) -> None:
     """ValueError unless 0 ≤ beta0 < 1 and 0 < sage_eps < ∞ (``names``: the flags users know them by)."""
     check_hyperparameters({"beta0": beta0, "sage_eps": sage_eps}, names or {})
@@ -141,8 +163,10 @@ class SAGE(torch.optim.Optimizer):
     """SAGE on top of ``optimizer``: θ ← (1 − c)·θ_old + m ⊙ (θ_new − (1 − c)·θ_old) (module doc).
 
     ``params`` (default: all of ``optimizer``'s parameters) chooses the parameters that get SAGE;
-    the others get the base optimizer's plain update. ``param_groups`` are the base optimizer's,
-    so learning-rate schedulers given this wrapper drive the base optimizer; ``state`` holds the
+    the others get the base optimizer's plain update (sparse gradients and complex parameters
+    included, where the base supports them). ``param_groups`` and ``defaults`` are the base
+    optimizer's, so learning-rate schedulers given this wrapper drive the base optimizer (also
+    those that cycle its momentum or β1, which read ``defaults``); ``state`` holds the
     wrapper's own per-parameter ``step`` (t) and ``sensitivity_ema`` (Ī), the base's state stays
     in ``optimizer.state``. ``state_dict()`` is the base's, with ``sensitivity_ema`` and
     ``sage_step`` added to each SAGE parameter's entry and a ``"sage"`` entry holding β0, ε and
@@ -150,9 +174,12 @@ class SAGE(torch.optim.Optimizer):
 
     ``step(closure)`` evaluates the closure once, then updates. With ``check_finite`` (default),
     an update whose gradients hold a NaN or an infinity is skipped entirely (weights, Ī and the
-    base's state unchanged) with a RuntimeWarning. Sparse gradients are refused. ``impl``: one of
-    :data:`IMPLEMENTATIONS` (module doc); ``"cpp"`` raises RuntimeError where the kernel cannot be
-    built.
+    base's state unchanged) with a RuntimeWarning. ``impl``: one of :data:`IMPLEMENTATIONS`
+    (module doc); ``"cpp"`` raises RuntimeError where the kernel cannot be built.
+
+    Every call checks first and acts after: a refusal (complex SAGE parameters, a sparse gradient
+    on one, a weight decay SAGE cannot keep unmodulated, a state dict of other SAGE parameters)
+    leaves the weights, the base's state and groups and SAGE's state as they were.
     """
 
     def __init__(
@@ -182,12 +209,17 @@ class SAGE(torch.optim.Optimizer):
         self.sage_eps = sage_eps
         self.check_finite = check_finite
         self.sage_params = self._chosen(params)
+        check_sage_parameters(self.sage_params)
         self._decay_coefficients()  # refuses weight decay it cannot keep unmodulated
-        super().__setstate__({"defaults": {"beta0": beta0, "sage_eps": sage_eps}, "state": defaultdict(dict)})
+        super().__setstate__({"state": defaultdict(dict)})
 
     @property
     def param_groups(self) -> List[dict]:
         return self.optimizer.param_groups
+
+    @property
+    def defaults(self) -> dict:
+        return self.optimizer.defaults
 
     @property
     def supports_memory_efficient_fp16(self) -> bool:
@@ -204,10 +236,18 @@ class SAGE(torch.optim.Optimizer):
         return [{"params": self.sage_params, "sage": True, "beta0": self.beta0, "sage_eps": self.sage_eps}]
 
     def add_param_group(self, param_group: dict) -> None:
-        """Add a group to the base optimizer; its parameters get SAGE."""
-        self.optimizer.add_param_group(param_group)
+        """Add a group to the base optimizer; its parameters get SAGE. Refused (ValueError, nothing
+        added) for complex parameters and for a weight decay SAGE cannot keep unmodulated."""
+        params = param_group["params"]
+        if isinstance(params, Tensor):
+            params = [params]
+        elif not isinstance(params, set):  # the base refuses a set; a generator is read once, here
+            params = list(params)
+        group = dict(param_group, params=params)
+        check_sage_parameters(params)
+        self._decay_coefficient(dict(self.defaults, **group))  # as the base will fill the group in
+        self.optimizer.add_param_group(group)
         self.sage_params.extend(self.param_groups[-1]["params"])
-        self._decay_coefficients()
 
     def __getstate__(self) -> dict:
         """What pickle and ``copy.deepcopy`` carry (torch's ``__setstate__`` re-creates the hooks)."""
@@ -230,30 +270,28 @@ class SAGE(torch.optim.Optimizer):
         return chosen
 
     def _decay_coefficients(self) -> Dict[int, Callable[[dict], float]]:
-        """For each group holding SAGE parameters, by index: param_state -> c of that group.
-
-        Raises ValueError where a group's weight decay cannot be kept out of the modulation.
-        """
-        rule = decay_rule(self.optimizer)
+        """For each group holding SAGE parameters, by index: param_state -> c of that group
+        (:meth:`_decay_coefficient`)."""
         sage = {id(p) for p in self.sage_params}
-        coefficients = {}
-        for index, group in enumerate(self.param_groups):
-            if not any(id(p) in sage for p in group["params"]):
-                continue
-            name = type(self.optimizer).__name__
-            if rule is None:
-                if group.get("weight_decay", 0.0) != 0.0:
-                    raise ValueError(
-                        f"SAGE does not know whether {name} decays weights in its update; set its "
-                        "weight_decay to 0 for the SAGE parameters (and decay them yourself), or "
-                        "describe it with fairseq_sage.optim.wrapper.register_decay_rule")
-                coefficients[index] = lambda state: 0.0
-                continue
-            problem = rule.unsupported(group)
-            if problem:
-                raise ValueError(f"SAGE cannot wrap {name} here: {problem}")
-            coefficients[index] = (lambda g: lambda state: rule.coefficient(self.optimizer, g, state))(group)
-        return coefficients
+        return {index: self._decay_coefficient(group) for index, group in enumerate(self.param_groups)
+                if any(id(p) in sage for p in group["params"])}
+
+    def _decay_coefficient(self, group: dict) -> Callable[[dict], float]:
+        """param_state -> the c of ``group``'s weight decay (module doc); ValueError where the
+        group's weight decay cannot be kept out of the modulation."""
+        rule = decay_rule(self.optimizer)
+        name = type(self.optimizer).__name__
+        if rule is None:
+            if group.get("weight_decay", 0.0) != 0.0:
+                raise ValueError(
+                    f"SAGE does not know whether {name} decays weights in its update; set its "
+                    "weight_decay to 0 for the SAGE parameters (and decay them yourself), or "
+                    "describe it with fairseq_sage.optim.wrapper.register_decay_rule")
+            return lambda state: 0.0
+        problem = rule.unsupported(group)
+        if problem:
+            raise ValueError(f"SAGE cannot wrap {name} here: {problem}")
+        return lambda state: rule.coefficient(self.optimizer, group, state)
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:
@@ -262,9 +300,10 @@ class SAGE(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        grads = [p.grad for p in self._all_params() if p.grad is not None]
-        if any(g.is_sparse for g in grads):
-            raise RuntimeError("SAGE does not support sparse gradients")
+        if any(p.grad is not None and p.grad.is_sparse for p in self.sage_params):
+            raise RuntimeError("SAGE does not support sparse gradients on the parameters it modulates; leave "
+                               "those out of SAGE's params= (they then get the base optimizer's plain update)")
+        grads = [finiteness_view(p.grad) for p in self._all_params() if p.grad is not None]
         if self.check_finite and not all_finite(grads):
             warnings.warn("SAGE: a gradient holds NaN or inf; update skipped, weights and optimizer "
                           "state left unchanged", RuntimeWarning)
@@ -308,8 +347,8 @@ class SAGE(torch.optim.Optimizer):
         state = self.state[param]
         if not state:
             state["step"] = 0
-            dtype = torch.float32 if param.dtype in LOW_PRECISION else param.dtype
-            state["sensitivity_ema"] = torch.zeros_like(param, dtype=dtype, memory_format=torch.contiguous_format)
+            state["sensitivity_ema"] = torch.zeros_like(param, dtype=sensitivity_dtype(param),
+                                                        memory_format=torch.contiguous_format)
         state["step"] += 1
         return state
 
@@ -347,11 +386,10 @@ class SAGE(torch.optim.Optimizer):
         return dict(state_dict, state=state, sage=sage)
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Load a :meth:`state_dict`: the base's part into the base optimizer, Ī (float32) and t here."""
-        if "sage" not in state_dict:
-            raise ValueError("this state dict holds no SAGE state (it is not a SAGE wrapper's)")
-        sage = state_dict["sage"]
-        check_sage_hyperparameters(sage["beta0"], sage["sage_eps"])
+        """Load a :meth:`state_dict`: the base's part into the base optimizer, Ī (in
+        :func:`sensitivity_dtype`) and t here. The SAGE part is checked before anything is loaded: a
+        state dict that does not fit (ValueError, also the base's own) leaves everything as it was."""
+        sage_state = self._sage_state_of(state_dict)
         base_state = {}
         for i, entry in state_dict["state"].items():
             rest = {k: v for k, v in entry.items() if k not in SAGE_STATE_KEYS}
@@ -359,16 +397,36 @@ class SAGE(torch.optim.Optimizer):
                 base_state[i] = rest
         base = {k: v for k, v in state_dict.items() if k != "sage"}
         self.optimizer.load_state_dict(dict(base, state=base_state))
+        self.beta0, self.sage_eps = state_dict["sage"]["beta0"], state_dict["sage"]["sage_eps"]
+        self.state = defaultdict(dict, sage_state)
+
+    def _sage_state_of(self, state_dict: dict) -> Dict[Tensor, dict]:
+        """The SAGE state (t, Ī) that ``state_dict`` holds for each of this wrapper's parameters;
+        ValueError unless its β0, ε, SAGE parameters and Ī's shapes fit this wrapper."""
+        if "sage" not in state_dict:
+            raise ValueError("this state dict holds no SAGE state (it is not a SAGE wrapper's)")
+        sage = state_dict["sage"]
+        check_sage_hyperparameters(sage["beta0"], sage["sage_eps"])
         params = self._all_params()
         chosen = sorted({id(p): i for i, p in enumerate(params)}[id(p)] for p in self.sage_params)
         if list(sage["params"]) != chosen:
-            raise ValueError("the state dict's SAGE parameters are not the ones this wrapper modulates")
-        self.beta0, self.sage_eps = sage["beta0"], sage["sage_eps"]
-        self.state = defaultdict(dict)
+            raise ValueError(f"the state dict modulates parameters {list(sage['params'])}, this wrapper {chosen}; "
+                             "build the wrapper with the params= of the run that saved it")
+        sage_state = {}
         for i, entry in state_dict["state"].items():
-            if "sensitivity_ema" in entry:
-                param = params[i]
-                self.state[param] = {
-                    "step": int(entry["sage_step"]),
-                    "sensitivity_ema": entry["sensitivity_ema"].to(param.device, torch.float32, copy=True),
-                }
+            if not any(key in entry for key in SAGE_STATE_KEYS):
+                continue
+            if i not in chosen:
+                raise ValueError(f"the state dict holds SAGE state for parameter {i}, not one of its SAGE "
+                                 f"parameters {chosen}; it is damaged, load an intact one")
+            missing = [key for key in SAGE_STATE_KEYS if key not in entry]
+            if missing:
+                raise ValueError(f"parameter {i}'s entry of the state dict lacks {missing[0]}; it is damaged, "
+                                 "load an intact one")
+            param, ema = params[i], entry["sensitivity_ema"]
+            if tuple(ema.shape) != tuple(param.shape):
+                raise ValueError(f"parameter {i}'s sensitivity_ema has shape {tuple(ema.shape)}, the parameter "
+                                 f"{tuple(param.shape)}; load the state dict of a wrapper over the same parameters")
+            sage_state[param] = {"step": int(entry["sage_step"]),
+                                 "sensitivity_ema": ema.to(param.device, sensitivity_dtype(param), copy=True)}
+        return sage_state

@@ -249,4 +249,7 @@ def cli_main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
+    from fairseq_sage.quiet import quiet_entry
+
+    quiet_entry()
     sys.exit(cli_main())

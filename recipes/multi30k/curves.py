@@ -1,13 +1,23 @@
 """learning_curves.png of the quickstart: train and validation loss of each optimizer against
 updates, and Adam-SAGE's mean learning-rate multiplier (``sage_mult_mean`` of its train log)."""
 
+import io
 from pathlib import Path
 from typing import Sequence
 
 from matplotlib.figure import Figure
+from train_log import read_train_log  # recipes/multi30k/train_log.py, beside this module
 
-from studies.multi30k.plots import COLORS, save
-from studies.multi30k.train_log import read_train_log
+from fairseq_sage.files import write_atomic
+
+COLORS = {"adam": "tab:blue", "adam_sage": "tab:orange"}
+
+
+def save(figure: Figure, path: Path) -> None:
+    """The figure as a PNG at ``path``, written atomically."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    write_atomic(path, buffer.getvalue())
 
 
 def plot_learning_curves(workdir: Path, optimizers: Sequence[str], path: Path) -> None:

@@ -3,9 +3,10 @@
 // memory (θ, g, the base optimizer's state and Ī are each read once and written once).
 //
 // fairseq_sage/optim/fused_cpu.py builds this file at first use and documents the arguments; the
-// arithmetic is that of the registry's entries (fairseq_sage/optim/base_steps.py; one base_step
-// specialisation here for each entry whose `kernel` names it) and of
-// fairseq_sage/optim/functional.py (sage_multiplier below), with the divisions gathered into one:
+// arithmetic is that of the registry's entries (fairseq_sage/optim/base_steps.py; one line of
+// SAGE_KERNEL_BASES and one base_step specialisation here for each entry whose `kernel` names
+// it) and of fairseq_sage/optim/functional.py (sage_multiplier below, the formula's one C++
+// copy, which every path calls), with the divisions gathered into one:
 //     θ ← θ − ηλθ − size · (U + ε_s)·num / ((Ī_c + ε_s)·den).
 // all_finite, the finite-gradient check of the torch classes' step, reads the gradients once in
 // parallel before that update writes anything. modulate is SAGE(optimizer)'s step after its base
@@ -32,7 +33,20 @@
 
 namespace {
 
-enum class Base { Adam, Adamax, SgdMomentum, Sgd, Lion };
+// The bases the kernel implements, as X(enumerator, the registry's `kernel` name): the enum, the
+// lookup by name and the dispatch are generated from this list.
+#define SAGE_KERNEL_BASES(X) \
+  X(Adam, "adam")            \
+  X(Adamax, "adamax")        \
+  X(Sgd, "sgd")              \
+  X(Lion, "lion")            \
+  X(NAdam, "nadam")
+
+#define SAGE_ENUMERATOR(base, name) base,
+enum class Base { SAGE_KERNEL_BASES(SAGE_ENUMERATOR) };
+#undef SAGE_ENUMERATOR
+
+constexpr int kMaxCoefficients = 3;  // numbers per tensor a base's step takes besides its size
 
 // Per group: the base optimizers' coefficients and SAGE's.
 struct GroupConstants {
@@ -42,9 +56,10 @@ struct GroupConstants {
 
 // Per tensor: they depend on its step count t and on the scheduled learning rate η.
 struct TensorConstants {
-  float step_size;           // "size" of base_steps.BaseStep
-  float inverse_correction;  // 1 / (1 − β0^t)
-  float decay;               // η·λ
+  float step_size;                        // "size" of base_steps.BaseStep
+  float coefficients[kMaxCoefficients];   // the rest of BaseOptimizer.coefficients
+  float correction;                       // 1 − β0^t
+  float decay;                            // η·λ
 };
 
 // A step num / den: the base step's, or SAGE's multiplier before its division.
@@ -53,16 +68,16 @@ struct Fraction {
 };
 
 // The base step of element i with gradient g: advances its state (`first`, `second`: the
-// registry's state buffers, in order) and returns numerator / denominator (base_steps.py has the
-// equations).
+// registry's state buffers, in order; null where the base keeps fewer) and returns numerator /
+// denominator (base_steps.py has the equations).
 template <Base base>
 inline Fraction base_step(float g, float* __restrict__ first, float* __restrict__ second,
-                          int64_t i, const GroupConstants& k);
+                          int64_t i, const GroupConstants& k, const TensorConstants& t);
 
 template <>
 inline Fraction base_step<Base::Adam>(float g, float* __restrict__ first,
                                       float* __restrict__ second, int64_t i,
-                                      const GroupConstants& k) {
+                                      const GroupConstants& k, const TensorConstants&) {
   const float m = first[i] * k.beta1 + k.one_minus_beta1 * g;
   const float v = second[i] * k.beta2 + k.one_minus_beta2 * (g * g);
   first[i] = m;
@@ -73,7 +88,7 @@ inline Fraction base_step<Base::Adam>(float g, float* __restrict__ first,
 template <>
 inline Fraction base_step<Base::Adamax>(float g, float* __restrict__ first,
                                         float* __restrict__ second, int64_t i,
-                                        const GroupConstants& k) {
+                                        const GroupConstants& k, const TensorConstants&) {
   const float m = first[i] * k.beta1 + k.one_minus_beta1 * g;
   const float decayed = second[i] * k.beta2;
   const float magnitude = std::fabs(g);
@@ -84,22 +99,20 @@ inline Fraction base_step<Base::Adamax>(float g, float* __restrict__ first,
   return {m, u + k.eps};
 }
 
+// SGD keeps its momentum buffer only with momentum on (`first` is null without; the test is
+// loop-invariant, so the compiler hoists it out of the loop).
 template <>
-inline Fraction base_step<Base::SgdMomentum>(float g, float* __restrict__ first, float*,
-                                             int64_t i, const GroupConstants& k) {
+inline Fraction base_step<Base::Sgd>(float g, float* __restrict__ first, float*, int64_t i,
+                                     const GroupConstants& k, const TensorConstants&) {
+  if (first == nullptr) return {g, 1.0f};
   const float b = first[i] * k.momentum + g;
   first[i] = b;
   return {b, 1.0f};
 }
 
 template <>
-inline Fraction base_step<Base::Sgd>(float g, float*, float*, int64_t, const GroupConstants&) {
-  return {g, 1.0f};
-}
-
-template <>
 inline Fraction base_step<Base::Lion>(float g, float* __restrict__ first, float*, int64_t i,
-                                      const GroupConstants& k) {
+                                      const GroupConstants& k, const TensorConstants&) {
   const float m = first[i];
   const float interpolated = m * k.beta1 + k.one_minus_beta1 * g;
   first[i] = m * k.beta2 + k.one_minus_beta2 * g;
@@ -107,15 +120,28 @@ inline Fraction base_step<Base::Lion>(float g, float* __restrict__ first, float*
   return {static_cast<float>((interpolated > 0.0f) - (interpolated < 0.0f)), 1.0f};
 }
 
+// NAdam: t.coefficients are the weight of g, the weight of m and 1 − β2^t.
+template <>
+inline Fraction base_step<Base::NAdam>(float g, float* __restrict__ first,
+                                       float* __restrict__ second, int64_t i,
+                                       const GroupConstants& k, const TensorConstants& t) {
+  const float m = first[i] * k.beta1 + k.one_minus_beta1 * g;
+  const float v = second[i] * k.beta2 + k.one_minus_beta2 * (g * g);
+  first[i] = m;
+  second[i] = v;
+  return {t.coefficients[0] * g + t.coefficients[1] * m, std::sqrt(v / t.coefficients[2]) + k.eps};
+}
+
 // SAGE's multiplier (U + ε_s)/(Ī_c + ε_s) of element i, with weight w and gradient g, as a
-// fraction; advances its Ī (`ema`): I = |w·g|, Ī ← β0·Ī + (1−β0)·I, Ī_c = Ī/(1 − β0^t),
-// U = |I − Ī_c|.
+// fraction; advances its Ī (`ema`): I = |w·g|, Ī ← β0·Ī + (1−β0)·I, Ī_c = Ī/(1 − β0^t)
+// (`correction` is 1 − β0^t), U = |I − Ī_c|. Each operation is rounded to float32 in the order
+// of functional.sage_multiplier_foreach_. The one C++ copy of the formula: every path calls it.
 inline Fraction sage_multiplier(float w, float g, float* __restrict__ ema, int64_t i,
-                                const GroupConstants& k, const TensorConstants& t) {
+                                const GroupConstants& k, float correction) {
   const float sensitivity = std::fabs(w * g);
   const float average = ema[i] * k.beta0 + k.one_minus_beta0 * sensitivity;
   ema[i] = average;
-  const float corrected = average * t.inverse_correction;
+  const float corrected = average / correction;
   return {std::fabs(sensitivity - corrected) + k.sage_eps, corrected + k.sage_eps};
 }
 
@@ -129,9 +155,9 @@ SAGE_VECTOR_CLONES void update_span(
   for (int64_t i = 0; i < n; ++i) {
     const float g = static_cast<float>(grads[i]);
     const float w = static_cast<float>(weights[i]);
-    Fraction step = base_step<base>(g, first, second, i, k);
+    Fraction step = base_step<base>(g, first, second, i, k, t);
     if constexpr (sage) {
-      const Fraction multiplier = sage_multiplier(w, g, ema, i, k, t);
+      const Fraction multiplier = sage_multiplier(w, g, ema, i, k, t.correction);
       step.numerator *= multiplier.numerator;
       step.denominator *= multiplier.denominator;
     }
@@ -147,8 +173,8 @@ struct GroupTensors {
   const std::vector<at::Tensor>& first;
   const std::vector<at::Tensor>& second;
   const std::vector<at::Tensor>& emas;
-  const std::vector<double>& step_sizes;
-  const std::vector<double>& ema_corrections;  // 1 − β0^t
+  const std::vector<std::vector<double>>& coefficients;  // per tensor: size, then the base's own
+  const std::vector<double>& ema_corrections;            // 1 − β0^t
   double decay;
 };
 
@@ -179,9 +205,10 @@ void parallel_over_elements(const std::vector<at::Tensor>& tensors, const Span& 
 template <Base base, bool sage, typename Weight>
 void update_tensors(const GroupTensors& group, const GroupConstants& k) {
   parallel_over_elements(group.params, [&](size_t j, int64_t lo, int64_t hi) {
-    const TensorConstants t{static_cast<float>(group.step_sizes[j]),
-                            static_cast<float>(1.0 / group.ema_corrections[j]),
-                            static_cast<float>(group.decay)};
+    const std::vector<double>& numbers = group.coefficients[j];
+    TensorConstants t{static_cast<float>(numbers[0]), {0.0f, 0.0f, 0.0f},
+                      static_cast<float>(group.ema_corrections[j]), static_cast<float>(group.decay)};
+    for (size_t c = 1; c < numbers.size(); ++c) t.coefficients[c - 1] = static_cast<float>(numbers[c]);
     update_span<base, sage, Weight>(
         group.params[j].data_ptr<Weight>() + lo, group.grads[j].data_ptr<Weight>() + lo,
         state_or_null(group.first, j, lo), state_or_null(group.second, j, lo),
@@ -219,20 +246,16 @@ struct ModulationConstants {
 // SAGE(optimizer)'s modulation of elements [0, n) of one tensor after its base optimizer's step:
 // with θ_old (`olds`), its gradient g, θ_new (what the base step wrote to `weights`) and the c of
 // its decoupled decay, advances Ī (`ema`) and writes θ ← (θ_new − d)·m + d, d = θ_old·(1 − c),
-// m = (U + ε_s)/(Ī_c + ε_s), from I = |θ_old·g|, Ī ← β0·Ī + (1−β0)·I, Ī_c = Ī/(1 − β0^t),
-// U = |I − Ī_c|. The operations, each rounded to float32, are those of the foreach path
-// (functional.sage_multiplier_foreach_, wrapper.SAGE._modulate), in its order.
+// m = sage_multiplier(θ_old, g). The operations, each rounded to float32, are those of the
+// foreach path (functional.sage_multiplier_foreach_, wrapper.SAGE._modulate), in its order.
 template <typename Weight>
 SAGE_VECTOR_CLONES void modulate_span(Weight* __restrict__ weights, const Weight* __restrict__ olds,
                                       const Weight* __restrict__ grads, float* __restrict__ ema,
                                       int64_t n, GroupConstants k, ModulationConstants t) {
   for (int64_t i = 0; i < n; ++i) {
     const float old = static_cast<float>(olds[i]);
-    const float sensitivity = std::fabs(old * static_cast<float>(grads[i]));
-    const float average = ema[i] * k.beta0 + k.one_minus_beta0 * sensitivity;
-    ema[i] = average;
-    const float corrected = average / t.correction;
-    const float m = (std::fabs(sensitivity - corrected) + k.sage_eps) / (corrected + k.sage_eps);
+    const Fraction multiplier = sage_multiplier(old, static_cast<float>(grads[i]), ema, i, k, t.correction);
+    const float m = multiplier.numerator / multiplier.denominator;
     const float decayed = old * t.keep;
     weights[i] = static_cast<Weight>((static_cast<float>(weights[i]) - decayed) * m + decayed);
   }
@@ -247,12 +270,12 @@ void update_by_sage(const GroupTensors& group, const GroupConstants& k) {
   }
 }
 
-// The kernel's base for a registry name; SGD keeps a momentum buffer or none.
-Base base_named(const std::string& name, const GroupTensors& group) {
-  if (name == "adam") return Base::Adam;
-  if (name == "adamax") return Base::Adamax;
-  if (name == "sgd") return group.first.empty() ? Base::Sgd : Base::SgdMomentum;
-  if (name == "lion") return Base::Lion;
+// The kernel's base for a registry `kernel` name.
+Base base_named(const std::string& name) {
+#define SAGE_NAME_TEST(base, base_name) \
+  if (name == base_name) return Base::base;
+  SAGE_KERNEL_BASES(SAGE_NAME_TEST)
+#undef SAGE_NAME_TEST
   TORCH_CHECK(false, "fused SAGE step: the kernel does not implement base optimizer '", name, "'");
 }
 
@@ -260,11 +283,15 @@ Base base_named(const std::string& name, const GroupTensors& group) {
 void check_arguments(const GroupTensors& group) {
   const auto& params = group.params;
   const size_t count = params.size();
-  TORCH_CHECK(group.grads.size() == count && group.step_sizes.size() == count &&
+  TORCH_CHECK(group.grads.size() == count && group.coefficients.size() == count &&
                   group.ema_corrections.size() == count,
               "fused SAGE step: lists of different lengths");
   for (size_t j = 0; j < count; ++j) {
     const at::Tensor& p = params[j];
+    TORCH_CHECK(!group.coefficients[j].empty() &&
+                    group.coefficients[j].size() <= 1 + kMaxCoefficients,
+                "fused SAGE step: each tensor takes its size and at most ", kMaxCoefficients,
+                " coefficients");
     TORCH_CHECK(p.device().is_cpu() && p.is_contiguous(), "fused SAGE step: parameters must be "
                 "contiguous CPU tensors");
     TORCH_CHECK(p.scalar_type() == params.front().scalar_type(),
@@ -335,15 +362,17 @@ bool all_finite(const std::vector<at::Tensor>& tensors) {
 }
 
 // base: the registry's `kernel` name; first/second: its state buffers (empty lists where it keeps
-// fewer); emas: Ī (empty: SAGE off); constants: β1, β2, eps, momentum, β0, ε_s.
+// fewer); emas: Ī (empty: SAGE off); coefficients: per tensor, the registry's numbers (size, then
+// those of the base's step); constants: β1, β2, eps, momentum, β0, ε_s.
 void fused_step(
     const std::string& base, const std::vector<at::Tensor>& params,
     const std::vector<at::Tensor>& grads, const std::vector<at::Tensor>& first,
     const std::vector<at::Tensor>& second, const std::vector<at::Tensor>& emas,
-    const std::vector<double>& step_sizes, const std::vector<double>& ema_corrections, double decay,
+    const std::vector<std::vector<double>>& coefficients,
+    const std::vector<double>& ema_corrections, double decay,
     const std::vector<double>& constants) {
   if (params.empty()) return;
-  const GroupTensors group{params, grads, first, second, emas, step_sizes, ema_corrections, decay};
+  const GroupTensors group{params, grads, first, second, emas, coefficients, ema_corrections, decay};
   check_arguments(group);
   TORCH_CHECK(constants.size() == 6, "fused SAGE step: expected 6 constants");
   const double beta1 = constants[0], beta2 = constants[1], beta0 = constants[4];
@@ -352,17 +381,12 @@ void fused_step(
                          static_cast<float>(constants[2]), static_cast<float>(constants[3]),
                          static_cast<float>(beta0),        static_cast<float>(1 - beta0),
                          static_cast<float>(constants[5])};
-  switch (base_named(base, group)) {
-    case Base::Adam:
-      return update_by_sage<Base::Adam>(group, k);
-    case Base::Adamax:
-      return update_by_sage<Base::Adamax>(group, k);
-    case Base::SgdMomentum:
-      return update_by_sage<Base::SgdMomentum>(group, k);
-    case Base::Sgd:
-      return update_by_sage<Base::Sgd>(group, k);
-    case Base::Lion:
-      return update_by_sage<Base::Lion>(group, k);
+  switch (base_named(base)) {
+#define SAGE_DISPATCH(base, name) \
+  case Base::base:                \
+    return update_by_sage<Base::base>(group, k);
+    SAGE_KERNEL_BASES(SAGE_DISPATCH)
+#undef SAGE_DISPATCH
   }
 }
 

@@ -1,5 +1,5 @@
-"""``python -m fairseq_sage.analysis``: see :mod:`fairseq_sage.tools.analysis.cli`."""
+"""``python -m fairseq_sage.tools.analysis``: see :mod:`fairseq_sage.tools.analysis.cli`."""
 
-from .cli import cli_main
+from ..entry_points import analyze
 
-cli_main()
+analyze()

@@ -1,0 +1,245 @@
+"""The study's report, from its records alone: verdict per test set (paired difference over seeds
+with its t-interval, the best pair's paired bootstrap), scores over seeds, cost and step size,
+design, grid and figures, written whole (markdown and PNGs) to the path the configuration names."""
+
+import json
+import statistics
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from matplotlib.figure import Figure
+
+from fairseq_sage.files import replaced_atomically, write_atomic
+
+from .config import StudyConfig
+from .plan import Run, number, seed_runs
+from .stats import bootstrap_reading, paired_difference, significant, t_interval, verdict
+from .study import PAIRED_FILE, Outcome, best_loss, outcome, selection_score
+
+MODEL_LABELS = {"checkpoint_best": "checkpoint_best.pt"}
+LINE_STYLES = ["-", "--", ":", "-.", (0, (3, 1, 1, 1, 1, 1))]
+
+
+def cell(value: Optional[float], spec: str = ".2f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows]) + "\n"
+
+
+class Report:
+    def __init__(self, config: StudyConfig, result: Outcome):
+        self.config, self.study, self.result = config, config.study, result
+        self.labels = {name: opt.label for name, opt in self.study.optimizers.items()}
+        self.baseline, *self.others = list(self.study.optimizers)
+        self.complete = bool(result.pair)
+        paired = config.records / PAIRED_FILE
+        self.p_values = json.loads(paired.read_text())["p_value"] if paired.is_file() else {}
+
+    def model_label(self, model: str) -> str:
+        return MODEL_LABELS.get(model, f"average of the last {self.study.train.average_last} epochs")
+
+    def seeds(self, opt: str) -> List[Run]:
+        return seed_runs(self.study, self.result.chosen[opt])
+
+    def per_seed(self, opt: str, model: str, name: str, metric: str) -> Dict[int, float]:
+        return {run.seed: self.result.records[run]["scores"][model][name][metric] for run in self.seeds(opt)}
+
+    def difference(self, opt: str, model: str, name: str, metric: str = "bleu") -> dict:
+        return paired_difference(self.per_seed(self.baseline, model, name, metric), self.per_seed(opt, model, name, metric))
+
+    # ---- sections
+
+    def verdict_section(self) -> str:
+        if not self.complete:
+            return "### Verdict\n\n**Results pending**: written when every seed of every best setting is recorded.\n"
+        model, lines = self.study.score.models[0], []
+        for name in self.study.score.sets:
+            for opt in self.others:
+                difference = self.difference(opt, model, name)
+                p_value = self.p_values.get(f"{model}/{name}/{opt}")
+                p_text = "–" if p_value is None else f"{p_value:.4f}{bootstrap_reading(p_value, significant(difference))}"
+                lines.append(f"- {verdict(name, self.labels[opt], self.labels[self.baseline], difference)}; "
+                             f"paired bootstrap of the best seed pair: p = {p_text}.\n")
+        return f"### Verdict\n\nScored model: {self.model_label(model)}.\n\n" + "".join(lines)
+
+    def scores_section(self) -> str:
+        if not self.complete:
+            return ""
+        rows = []
+        for model in self.study.score.models:
+            for name in self.study.score.sets:
+                for metric in ("bleu", "chrf"):
+                    cells = [t_interval(list(self.per_seed(opt, model, name, metric).values())) for opt in self.study.optimizers]
+                    cells += [self.difference(opt, model, name, metric) for opt in self.others]
+                    rows.append([self.model_label(model), name, metric,
+                                 *(f"{c['mean']:.2f} ± {cell(c['half_width'])}" for c in cells)])
+        header = ["model", "set", "metric", *self.labels.values(), *(f"{self.labels[o]} − {self.labels[self.baseline]}"
+                                                                       for o in self.others)]
+        return ("### Test scores over seeds\n\nMean ± half-width of the 95 % confidence interval (Student's t, n − 1) "
+                "over the seeds; the difference is paired seed by seed.\n\n" + table(header, rows))
+
+    def cost(self, opt: str) -> Dict[str, Optional[float]]:
+        records = [self.result.records[run] for run in self.seeds(opt) if run in self.result.records]
+        wps = [row["wps"] for r in records for row in r["epochs"] if "wps" in row]
+        mult = [row["sage_mult_mean"] for r in records for row in r["train"] if "sage_mult_mean" in row]
+        return {"runs": len(records), "wall": statistics.fmean(r["wall_seconds"] for r in records) if records else None,
+                "wps": statistics.fmean(wps) if wps else None, "mult": statistics.fmean(mult) if mult else 1.0}
+
+    def cost_section(self) -> str:
+        if not self.result.chosen:
+            return ""
+        axes = list(dict.fromkeys(axis for run in self.result.chosen.values() for axis, _ in run.setting))
+        rows = []
+        for opt, run in self.result.chosen.items():
+            c, setting = self.cost(opt), dict(run.setting)
+            effective = cell(setting["lr"] * c["mult"], ".2e") if "lr" in setting else "–"
+            rows.append([self.labels[opt], *(number(setting[a]) if a in setting else "–" for a in axes),
+                         f"{c['runs']} of {len(self.study.selection.seeds)}", cell(c["mult"], ".3f"), effective,
+                         cell(c["wall"], ".0f"), cell(c["wps"], ".0f")])
+        return ("### Cost and step size\n\nAt each best setting, over its seeds recorded: the mean lr multiplier "
+                "(`sage_mult_mean` of the train logs; 1 without one), the effective lr (lr × multiplier), training "
+                "wall time per run and target words/s.\n\n"
+                + table(["optimizer", *axes, "seeds", "mean multiplier", "effective lr", "wall (s)", "words/s"], rows))
+
+    def grid_section(self) -> str:
+        rows = []
+        for run in self.result.grid:
+            record = self.result.records.get(run)
+            setting = ", ".join(f"{axis} {number(value)}" for axis, value in run.setting)
+            if record is None:
+                rows.append([self.labels[run.optimizer], setting, "pending", "", "", "", ""])
+                continue
+            rows.append([self.labels[run.optimizer], setting, cell(selection_score(self.config, record)),
+                         cell(best_loss(record), ".3f"), cell(record["epochs"][-1]["loss"], ".3f"),
+                         str(int(record["curve"][-1]["num_updates"])), cell(record["wall_seconds"], ".0f")])
+        return (f"### Grid (seed {self.study.selection.seeds[0]})\n\n" + table(
+            ["optimizer", "setting", "selection BLEU", "best valid loss", "last-epoch train loss", "updates",
+             "wall (s)"], rows) + f"\nSelection BLEU: {self.selection_text()}. Losses as fairseq logs them (bits "
+                                  "per token).\n")
+
+    def selection_text(self) -> str:
+        selection = self.study.selection
+        if selection.set is None:
+            return "the best greedy validation BLEU of the run's curve (fairseq-train --eval-bleu)"
+        return f"BLEU of {selection.model}.pt on {selection.set} (beam {self.study.score.beam})"
+
+    def design_section(self) -> str:
+        study = self.study
+        grids = "; ".join(f"{self.labels[opt]} " + " × ".join(f"{axis} ∈ {{{', '.join(map(number, values))}}}"
+                                                               for axis, values in grid.items())
+                          for opt, grid in self.result.grids.items())
+        budget = (f"{self.result.max_update} updates per run" if study.train.max_update else
+                  f"{self.result.max_update} updates per run, from the budget run's curve (first N where the "
+                  f"smoothed validation BLEU gains less than {study.train.budget_rule.min_gain} over the last "
+                  f"{study.train.budget_rule.tail:.0%} of N)") if self.result.max_update else "pending"
+        pruning = (f"- **Pruning**: {self.model_label(study.pruning.model)} of every seed, sensitivity |θ·g| over "
+                   f"{study.pruning.batches} training batches, BLEU on {study.pruning.set} after zeroing the "
+                   f"{', '.join(map(number, study.pruning.levels))} % least sensitive non-embedding weights.\n"
+                   if study.pruning else "")
+        return ("### Design\n\n" + (study.report.design + "\n" if study.report.design else "")
+                + f"- **Budget**: {budget}.\n- **Grid** (seed {study.selection.seeds[0]}): {grids}; an axis whose best "
+                  f"value is at an edge gets one value beyond it (at most {study.selection.max_widen} times). Selection "
+                  f"by the {self.selection_text()}.\n"
+                + f"- **Models scored**: {', '.join(map(self.model_label, study.score.models))}; beam "
+                  f"{study.score.beam}, sacreBLEU and chrF on {', '.join(study.score.sets)}.\n" + pruning
+                + f"- **Seeds**: {', '.join(map(str, study.selection.seeds))} per best setting; 95 % t-intervals over "
+                  "seeds, the paired difference seed by seed (significant when its interval excludes 0), and "
+                  "sacreBLEU's paired bootstrap (1,000 resamples) between each optimizer's seed of highest "
+                  "selection score.\n")
+
+    # ---- figures
+
+    def figures(self, folder: Path) -> List[tuple]:
+        """Draw the figures into ``folder``; (file name, caption) of each."""
+        drawn = []
+        if self.result.budget:
+            figure = Figure(figsize=(6, 4), layout="constrained")
+            axes = figure.subplots()
+            curve = [row for row in self.result.budget["curve"] if "bleu" in row]
+            axes.plot([r["num_updates"] for r in curve], [r["bleu"] for r in curve], marker="o", label="validation BLEU")
+            axes.plot(*zip(*self.result.budget["smoothed"]), label="smoothed")
+            axes.axvline(self.result.max_update, linestyle="--", color="gray")
+            axes.set_xlabel("updates")
+            axes.legend()
+            drawn.append(self.save(figure, folder, "budget.png", "Budget run: validation BLEU (greedy) at each "
+                                   "validation; the dashed line is the budget of every run."))
+        if self.result.chosen:
+            figure = Figure(figsize=(11, 4.2), layout="constrained")
+            bleu_axes, loss_axes = figure.subplots(1, 2)
+            for i, opt in enumerate(self.result.chosen):
+                for j, run in enumerate(r for r in self.seeds(opt) if r in self.result.records):
+                    curve = self.result.records[run]["curve"]
+                    bleu = [row for row in curve if "bleu" in row]  # with fairseq-train --eval-bleu
+                    style = dict(color=f"C{i}", linestyle=LINE_STYLES[j % len(LINE_STYLES)], marker="o", markersize=3,
+                                 label=f"{self.labels[opt]} seed {run.seed}")
+                    bleu_axes.plot([r["num_updates"] for r in bleu], [r["bleu"] for r in bleu], **style)
+                    loss_axes.plot([r["num_updates"] for r in curve], [r["loss"] for r in curve], **style)
+            for axes, label in ((bleu_axes, "validation BLEU (greedy)"), (loss_axes, "validation loss")):
+                axes.set_xlabel("updates")
+                axes.set_ylabel(label)
+                axes.grid(True, alpha=0.3)
+            loss_axes.legend(fontsize=7)
+            drawn.append(self.save(figure, folder, "validation_curves.png", "Validation BLEU (greedy) and loss at each "
+                                   "validation, every seed of each best setting."))
+            multiplier = {opt: self.result.records.get(run) for opt, run in self.result.chosen.items()}
+            multiplier = {opt: r for opt, r in multiplier.items() if r and any("sage_mult_mean" in x for x in r["train"])}
+            if multiplier:
+                figure = Figure(figsize=(6, 4), layout="constrained")
+                axes = figure.subplots()
+                for opt, record in multiplier.items():
+                    rows = [x for x in record["train"] if "sage_mult_mean" in x]
+                    for key, style in (("sage_mult_mean", "-"), ("sage_mult_p10", ":"), ("sage_mult_p90", ":")):
+                        axes.plot([x["num_updates"] for x in rows], [x.get(key) for x in rows], style,
+                                  label=f"{self.labels[opt]} {key.removeprefix('sage_mult_')}")
+                axes.set_xlabel("updates")
+                axes.set_ylabel("lr multiplier")
+                axes.legend(fontsize=7)
+                drawn.append(self.save(figure, folder, "sage_multiplier.png", "The lr multiplier over training (mean, "
+                                       "10th and 90th percentile), best setting, first seed."))
+        if self.result.pair and all("pruning" in self.result.records[run] for run in self.result.pair.values()):
+            figure = Figure(figsize=(6, 4), layout="constrained")
+            axes = figure.subplots()
+            for i, (opt, run) in enumerate(self.result.pair.items()):
+                rows = self.result.records[run]["pruning"]
+                axes.plot([r["prune_percent"] for r in rows], [r["bleu"] for r in rows], marker="o", color=f"C{i}",
+                          label=f"{self.labels[opt]} seed {run.seed}")
+            axes.set_xlabel("% of non-embedding weights pruned (least sensitive first)")
+            axes.set_ylabel(f"BLEU on {self.study.pruning.set}")
+            axes.legend()
+            drawn.append(self.save(figure, folder, "pruning.png", "BLEU after zeroing the least sensitive non-embedding "
+                                   "weights of each optimizer's best seed."))
+        return drawn
+
+    @staticmethod
+    def save(figure: Figure, folder: Path, name: str, caption: str) -> tuple:
+        folder.mkdir(parents=True, exist_ok=True)
+        with replaced_atomically(folder / name) as partial:
+            figure.savefig(partial, format="png", dpi=110, metadata={"Software": None})
+        return name, caption
+
+    def markdown(self, figures: List[tuple], figure_folder: str, config_shown: str) -> str:
+        total = len(self.result.grid) + len(self.result.finals) - len(set(self.result.grid) & set(self.result.finals))
+        status = ("**Complete:** every run of the design below is recorded." if self.complete else
+                  f"**Partial results:** {len(self.result.records)} of at least {total or len(self.result.grid)} runs "
+                  "recorded; the verdict is written when every seed of every best setting is.")
+        figure_text = "".join(f"![{name}]({figure_folder}/{name})\n\n{caption}\n\n" for name, caption in figures)
+        sections = [self.verdict_section(), self.scores_section(), self.cost_section(), self.design_section(),
+                    self.grid_section(), "### Figures\n\n" + (figure_text or "None yet.\n")]
+        return (f"# {self.study.report.title}\n\n<!-- written by fairseq-sage-study report {config_shown}: "
+                "do not edit by hand -->\n\n" + (self.study.report.intro + "\n\n" if self.study.report.intro else "")
+                + status + "\n\n" + "\n".join(s for s in sections if s)
+                + f"\n### How to run\n\n```bash\nfairseq-sage-study run {config_shown}     # runs or resumes it\n"
+                  f"fairseq-sage-study report {config_shown}  # this page, from the records\n```\n")
+
+
+def write_report(config: StudyConfig, config_shown: str) -> Path:
+    """The report of the study's records at the configured path, with its figures beside it."""
+    report = Report(config, outcome(config))
+    folder = config.report.parent / config.study.report.figures
+    figures = report.figures(folder)
+    config.report.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(config.report, report.markdown(figures, config.study.report.figures, config_shown))
+    return config.report

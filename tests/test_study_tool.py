@@ -1,0 +1,299 @@
+"""fairseq-sage-study: a whole tiny study killed mid-training and resumed; configuration errors; the
+statistics, widening and budget rule against values worked out by hand; the launchers."""
+
+import fcntl
+import gzip
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, TINY_TRANSFORMER
+from fairseq_sage.tools.study import cli
+from fairseq_sage.tools.study.config import StudyConfig
+from fairseq_sage.tools.study.launch import LocalLauncher, SubmititLauncher
+from fairseq_sage.tools.study.plan import Run, beyond, budget_from_curve, number, widen
+from fairseq_sage.tools.study.stats import paired_bootstrap, paired_difference, t_interval
+from fairseq_sage.tools.study.steps import StepError, parse_json_log, write_record
+from fairseq_sage.tools.study.study import outcome
+
+TINY_STUDY = """
+name = "tiny"
+workdir = "work"
+records = "records"
+jobs = 2
+
+[data]
+data_bin = "{data_bin}"
+source_lang = "src"
+target_lang = "tgt"
+sets.valid = {{ subset = "valid", reference = "{corpus}/valid.tgt" }}
+sets.test = {{ subset = "test", reference = "{corpus}/test.tgt" }}
+
+[train]
+max_update = 24
+average_last = 2
+flags = {flags}
+
+[optimizers.adam]
+label = "Adam"
+flags = ["--optimizer", "adam", "--adam-betas", "(0.9, 0.98)"]
+grid = {{ lr = [3e-3, 1e-2] }}
+
+[optimizers.adam_sage]
+label = "Adam-SAGE"
+flags = ["--optimizer", "adam_sage", "--adam-betas", "(0.9, 0.98)", "--sage-beta0", "0.8"]
+grid = {{ lr = [1e-2] }}
+
+[selection]
+seeds = [1, 2]
+max_widen = 0
+
+[score]
+models = ["checkpoint_avg"]
+sets = ["test"]
+beam = 2
+
+[pruning]
+levels = [0, 50]
+set = "test"
+model = "checkpoint_avg"
+batches = 1
+
+[report]
+title = "Tiny study"
+"""
+
+TRAIN_FLAGS = [*TINY_TRANSFORMER, "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "5", "--max-tokens", "400",
+               "--cpu", "--num-workers", "0", "--data-buffer-size", "0", "--log-interval", "4", "--eval-bleu",
+               "--eval-bleu-args", '{"beam": 1}', "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric"]
+
+
+def write_study(folder: Path, data_bin: Path, text: str = TINY_STUDY) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "study.toml"
+    path.write_text(text.format(data_bin=data_bin, corpus=data_bin.parent, flags=json.dumps(TRAIN_FLAGS)))
+    return path
+
+
+def study_cli(*args, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "fairseq_sage.tools.study", *map(str, args)], capture_output=True,
+                          text=True, env=env, **kwargs)
+
+
+def test_a_tiny_study_killed_mid_training_resumes_to_the_report_its_records_give(toy_data_bin, tmp_path):
+    config = write_study(tmp_path / "study", toy_data_bin)
+    work = tmp_path / "study" / "work"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "fairseq_sage.tools.study", "run", str(config)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while not list(work.glob("runs/*/checkpoints/checkpoint_last.pt")) and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    interrupted = [p.parents[1] for p in work.glob("runs/*/checkpoints/checkpoint_last.pt")
+                   if not (p.parents[1] / "train.json").exists()]
+    assert interrupted, "the study was not killed while a run trained"
+
+    resumed = study_cli("run", config)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    records = sorted((tmp_path / "study" / "records").glob("*.json.gz"))
+    assert len(records) == 5  # Adam's 2 lrs and Adam-SAGE's 1 (seed 1), then seed 2 of each best setting
+    for run_dir in interrupted:  # resumed from its checkpoint by fairseq-train, trained to the budget
+        assert "Loaded checkpoint" in (run_dir / "logs" / "train.out").read_text()
+        record = json.loads(gzip.decompress((tmp_path / "study" / "records" / f"{run_dir.name}.json.gz").read_bytes()))
+        assert record["curve"][-1]["num_updates"] == 24
+    report = (work / "report.md").read_text()
+    assert "| adam-lr=3e-3-seed=1 | 24 / 24 |" in (work / "progress.md").read_text()
+
+    # the verdict's paired difference, from the records by hand
+    recs = {p.name: json.loads(gzip.decompress(p.read_bytes())) for p in records}
+    pair = json.loads((tmp_path / "study" / "records" / "paired_bootstrap.json").read_text())["pair"]
+    best = {opt: name.rsplit("-seed=", 1)[0] for opt, name in pair.items()}
+    bleu = {opt: [recs[f"{best[opt]}-seed={s}.json.gz"]["scores"]["checkpoint_avg"]["test"]["bleu"] for s in (1, 2)]
+            for opt in best}
+    mean = sum(bleu["adam_sage"]) / 2 - sum(bleu["adam"]) / 2
+    assert f"- test: Adam-SAGE {mean:+.2f} ± " in report
+    assert "![pruning.png](figures/pruning.png)" in report and (work / "figures" / "pruning.png").is_file()
+
+    # the report is a function of the records alone: without the work folder, the same text
+    subprocess.run(["rm", "-r", str(work)], check=True)
+    again = study_cli("report", config)
+    assert again.returncode == 0, again.stderr
+    assert (work / "report.md").read_text() == report
+    status = study_cli("status", config)
+    assert status.returncode == 0 and "| adam-lr=3e-3-seed=1 | 24 / 24 |" in status.stdout
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("[selection]", "[selection]\ncolour = 1"), "selection.colour: unknown key"),
+    (("lr = [3e-3, 1e-2] }}\n\n[optimizers.adam_sage]", 'lr = [3e-3, "1e-2"] }}\n\n[optimizers.adam_sage]'),
+     "optimizers.adam.grid.lr.1: should be a number (got '1e-2')"),
+    (("[selection]", '[selection]\nset = "dev"'), "selection.set: 'dev' is not one of data.sets (valid, test)"),
+])
+def test_a_config_error_is_one_line_naming_the_key(tmp_path, capsys, edit, message):
+    config = write_study(tmp_path, Path("/nowhere/data-bin"), TINY_STUDY.replace(*edit))
+    assert cli.main(["plan", str(config)]) == 1
+    assert capsys.readouterr().err == f"fairseq-sage-study: error: {config}: {message}\n"
+
+
+def test_a_missing_data_folder_is_one_line_naming_the_path(tmp_path, capsys):
+    config = write_study(tmp_path, tmp_path / "missing" / "data-bin")
+    assert cli.main(["run", str(config)]) == 1
+    assert capsys.readouterr().err == (f"fairseq-sage-study: error: data.data_bin: {tmp_path}/missing/data-bin: no "
+                                       "such folder (give a fairseq data-bin or data.prepare)\n")
+    assert not (tmp_path / "work" / "runs").exists()
+
+
+def test_t_interval_and_paired_difference_by_hand():
+    # mean 2.5, s = sqrt(((1.5² + 0.5²) · 2) / 3) = 1.2910, t_{0.975, 3} = 3.182446 (tables), half = t·s/√4
+    result = t_interval([1.0, 2.0, 3.0, 4.0])
+    assert result["mean"] == 2.5 and result["half_width"] == pytest.approx(3.182446 * 1.2909944 / 2, rel=1e-6)
+    assert t_interval([5.0])["half_width"] is None
+    # differences 1, 2, 0 over three seeds (a seed missing in one is left out): mean 1, s = 1, t_{0.975, 2} = 4.302653
+    difference = paired_difference({1: 10.0, 2: 10.0, 3: 10.0, 4: 9.0}, {1: 11.0, 2: 12.0, 3: 10.0})
+    assert difference["per_seed"] == {1: 1.0, 2: 2.0, 3: 0.0}
+    assert difference["mean"] == 1.0 and difference["half_width"] == pytest.approx(4.302653 / 3 ** 0.5, rel=1e-6)
+
+
+def test_paired_bootstrap_is_sacrebleus_paired_bs(tmp_path):
+    references = [f"the cat number {i} sat on the mat" for i in range(30)]
+    baseline = [f"the cat {i} sat on a mat" if i % 3 else f"a dog {i} ran" for i in range(30)]
+    other = [f"the cat number {i} sat on a mat" if i % 2 else f"the dog {i} sat" for i in range(30)]
+    # identical systems: the centred resampled differences (all 0) never exceed the real one (0): p = 1 / 1001
+    assert paired_bootstrap(baseline, baseline, references) == pytest.approx(1 / 1001)
+    for name, lines in (("ref", references), ("baseline", baseline), ("other", other)):
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+    cli_run = subprocess.run([sys.executable, "-m", "sacrebleu", str(tmp_path / "ref"), "-i", str(tmp_path / "baseline"),
+                              str(tmp_path / "other"), "--paired-bs", "-m", "bleu", "--format", "json"],
+                             capture_output=True, text=True, check=True)
+    expected = json.loads(cli_run.stdout)[1]["BLEU"]["p_value"]
+    assert 0 < expected < 1 and paired_bootstrap(baseline, other, references) == pytest.approx(expected, abs=1e-4)
+
+
+def test_widening_adds_one_value_beyond_each_edge_by_hand(tmp_path):
+    assert beyond([1e-3, 2e-3], 2e-3, None) == 3e-3 and beyond([2e-3, 4e-3], 2e-3, None) == 1e-3  # above 0: halved
+    assert beyond([0.6, 0.8], 0.8, [0, 1]) == 0.9  # 1.0 reaches the limit: halfway to it
+    assert number(0.012) == "1.2e-2" and number(6e-3) == "6e-3" and number(0.6) == "0.6"
+    text = TINY_STUDY.replace("max_widen = 0", "max_widen = 1").replace("lr = [1e-2]", "lr = [3e-3, 1e-2]")
+    config = StudyConfig(write_study(tmp_path, tmp_path, text))
+    grids = {"adam": {"lr": [3e-3, 1e-2]}, "adam_sage": {"lr": [3e-3, 1e-2]}}  # the widening of a 2-lr grid
+    chosen = {"adam": Run("adam", (("lr", 1e-2),), 1), "adam_sage": Run("adam_sage", (("lr", 3e-3),), 1)}
+    wider = widen(config.study, grids, chosen)
+    assert wider == {"adam": {"lr": [3e-3, 1e-2, 1.7e-2]}, "adam_sage": {"lr": [1.5e-3, 3e-3, 1e-2]}}
+    assert widen(config.study, wider, {"adam": Run("adam", (("lr", 1.7e-2),), 1), "adam_sage": chosen["adam_sage"]}) == wider
+
+
+def test_budget_rule_by_hand():
+    class Rule:
+        smooth, tail, min_gain = 1, 0.5, 0.5
+    curve = [{"num_updates": u, "bleu": b, "loss": 1} for u, b in [(100, 10), (200, 14), (300, 15), (400, 15.2), (500, 15.3)]]
+    # at 400: the best up to 200 is 14, gain 1.2; at 500: best up to 250 is 14, gain 1.3; never < 0.5 -> the last
+    assert budget_from_curve(curve, Rule)["budget"] == 500
+    Rule.min_gain = 1.25  # at 400: 15.2 - 14 = 1.2 < 1.25
+    assert budget_from_curve(curve, Rule)["budget"] == 400
+
+
+def test_fairseq_json_log_is_read_as_data():
+    lines = ['2026-01-01 00:00:00 | INFO | fairseq_cli.train | {\'common\': {}}',
+             '{"epoch": 1, "update": 0.5, "loss": "6.8", "num_updates": "5", "sage_mult_mean": "0.5"}',
+             '2026-01-01 00:00:01 | INFO | valid | {"epoch": 1, "valid_loss": "5.9", "valid_bleu": "0.13", "valid_num_updates": "11"}',
+             '{"epoch": 1, "train_loss": "6.6", "train_wps": "8625.6", "train_num_updates": "11"}',
+             '{"epoch": 2, "valid_loss": "5.0", "valid_bleu": "1.5", "valid_num_updates": "11"}']  # a resumed run's redo
+    log = parse_json_log(lines)
+    assert log["train"] == [{"epoch": 1.0, "update": 0.5, "loss": 6.8, "num_updates": 5.0, "sage_mult_mean": 0.5}]
+    assert log["valid"] == [{"epoch": 2.0, "loss": 5.0, "bleu": 1.5, "num_updates": 11.0}]
+    assert log["epochs"] == [{"epoch": 1.0, "loss": 6.6, "wps": 8625.6, "num_updates": 11.0}]
+
+
+def test_launchers_return_results_in_order_and_raise_a_failure(tmp_path):
+    assert LocalLauncher(2).launch(pow, [(2, 3), (3, 2)]) == [8, 9]
+    with pytest.raises(ZeroDivisionError):
+        LocalLauncher(2).launch(divmod, [(1, 0), (4, 2)])
+    submitit = SubmititLauncher(tmp_path / "jobs", cluster="local", timeout_min=5)
+    assert submitit.launch(pow, [(2, 3), (3, 2)]) == [8, 9]
+    with pytest.raises(StepError, match="^ZeroDivisionError: integer division"):
+        submitit.launch(divmod, [(1, 0)])
+
+
+def test_report_regenerates_docs_results_from_the_multi30k_records(tmp_path):
+    """docs/results.md is `fairseq-sage-study report studies/multi30k/converged.toml`: the same text (every
+    BLEU, chrF, interval, p-value, cost and grid number) from the committed records, here written elsewhere."""
+    config = (REPO / "studies" / "multi30k" / "converged.toml").read_text()
+    config = config.replace('records = "records/converged"', f'records = "{REPO}/studies/multi30k/records/converged"')
+    config = config.replace('path = "../../docs/results.md"', f'path = "{tmp_path}/results.md"')
+    (tmp_path / "converged.toml").write_text(config)
+    result = study_cli("report", tmp_path / "converged.toml", cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    regenerated = (tmp_path / "results.md").read_text().replace(str(tmp_path / "converged.toml"),
+                                                                "studies/multi30k/converged.toml")
+    assert regenerated == (REPO / "docs" / "results.md").read_text()
+    assert "| Adam-SAGE | 1.2e-2 | 0.6 | 5 of 5 | 0.536 | 6.43e-03 | 3088 | 2671 |" in regenerated
+    for name in ("validation_curves.png", "sage_multiplier.png", "pruning.png"):
+        assert (tmp_path / "figures" / "multi30k" / "converged" / name).stat().st_size > 10_000
+
+
+def test_the_readme_quotes_the_converged_verdict_of_docs_results():
+    """The README quotes, per test set, the paired difference, its interval and significance that
+    docs/results.md's verdict states (a study whose verdict changes cannot leave the README quoting the old one)."""
+    results = (REPO / "docs" / "results.md").read_text()
+    readme = " ".join((REPO / "README.md").read_text().split())  # the paragraph's line breaks folded
+    verdict = results.split("### Verdict", 1)[1].split("###", 1)[0]
+    for test in ("test2016", "test2017"):
+        found = re.search(rf"^- {test}: Adam-SAGE ([+-]\d+\.\d\d) ± (\d+\.\d\d) BLEU \(95 % CI of the paired "
+                          rf"difference over (\d+) seeds\), (not significant|significant: [^;]+); paired bootstrap "
+                          rf"of the best seed pair: p = (\d\.\d{{4}})(?: \(.+\))?\.$", verdict, re.M)
+        assert found, f"docs/results.md has no verdict for {test}:\n{verdict}"
+        mean, half, seeds, significance, p_value = found.groups()
+        quote = (f"{test}: Adam-SAGE {mean} ± {half} BLEU over {seeds} seeds, {significance} "
+                 f"(paired bootstrap of the best seed pair: p = {p_value})")
+        assert quote in readme, f"README.md should quote: {quote}"
+
+
+def test_outcome_replays_budget_selection_and_widening_from_records(tmp_path):
+    """The study's decisions are functions of its records: the budget from the budget run's curve, the best
+    grid run by the curve's greedy BLEU (selection without a set), an lr beyond the grid's edge, then the seeds."""
+    text = (TINY_STUDY.replace("max_update = 24", 'budget_rule = {{ optimizer = "adam", setting = {{ lr = 3e-3 }}, '
+                               "max_update = 40, smooth = 1, tail = 0.5, min_gain = 0.5 }}")
+            .replace("max_widen = 0", "max_widen = 1"))
+    config = StudyConfig(write_study(tmp_path, tmp_path, text))
+    records = tmp_path / "records"
+
+    def record(name, bleus, run=None):
+        curve = [{"num_updates": 10.0 * (i + 1), "bleu": b, "loss": 5.0 - i} for i, b in enumerate(bleus)]
+        write_record(records / f"{name}.json.gz", {"curve": curve, "train": [], "epochs": [], "wall_seconds": 1.0,
+                                                   "scores": {}})
+
+    assert outcome(config).max_update is None  # no budget run recorded yet
+    record("budget", [10, 14, 15, 15.2])  # gains over the best up to half: at 30, 15 - 10; at 40, 15.2 - 14: none < 0.5
+    result = outcome(config)
+    assert result.max_update == 40 and [r.name for r in result.pending(result.grid)] == [
+        "adam-lr=3e-3-seed=1", "adam-lr=1e-2-seed=1", "adam_sage-lr=1e-2-seed=1"]
+    record("adam-lr=3e-3-seed=1", [1, 2])
+    record("adam-lr=1e-2-seed=1", [1, 3])  # best, at the top edge: widened to 1.7e-2
+    record("adam_sage-lr=1e-2-seed=1", [4])  # a one-value axis is not widened
+    result = outcome(config)
+    assert [r.name for r in result.pending(result.grid)] == ["adam-lr=1.7e-2-seed=1"]
+    record("adam-lr=1.7e-2-seed=1", [2.5])  # worse: widening stops (and max_widen = 1 is reached)
+    result = outcome(config)
+    assert {o: r.name for o, r in result.chosen.items()} == {"adam": "adam-lr=1e-2-seed=1",
+                                                              "adam_sage": "adam_sage-lr=1e-2-seed=1"}
+    assert [r.name for r in result.pending(result.finals)] == ["adam-lr=1e-2-seed=2", "adam_sage-lr=1e-2-seed=2"]
+
+
+def test_a_second_run_of_the_same_study_is_refused_while_one_runs(tmp_path, capsys):
+    config = write_study(tmp_path, tmp_path / "missing")
+    (tmp_path / "work").mkdir()
+    with open(tmp_path / "work" / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert cli.main(["run", str(config)]) == 1
+    assert capsys.readouterr().err == (f"fairseq-sage-study: error: {tmp_path}/work: a study is already running "
+                                       "there (see its progress.md)\n")
