@@ -6,8 +6,9 @@ plus what is explicitly allow-listed. fairseq checkpoints also hold the training
 ``--eval-bleu`` was on. :func:`load_checkpoint` admits exactly those
 (:data:`FAIRSEQ_CHECKPOINT_GLOBALS`) for the duration of the load; any other global in a
 checkpoint (a malicious payload, say) is refused before it runs. A pickle of primitive types can
-still carry code as a *string* of the configuration, which fairseq would later ``eval()``: such a
-checkpoint is refused too (:mod:`fairseq_sage.config_code`). Importing this module changes
+still carry code as a *string* of the configuration, which fairseq would later ``eval()``: every
+such field is evaluated by our own evaluator instead and handed on as a plain literal, or the
+checkpoint is refused (:mod:`fairseq_sage.config_values`). Importing this module changes
 nothing global: the plugin (:mod:`fairseq_sage.fairseq.checkpoints`) is what widens fairseq's own
 loader, once fairseq loads it.
 """
@@ -23,7 +24,7 @@ from typing import Any, Dict
 import numpy
 import torch
 
-from .config_code import find_code
+from .config_values import RefusedField, plain_configuration
 from .files import replaced_atomically
 
 __all__ = [
@@ -147,7 +148,8 @@ def load_failure(path: str, err: Exception) -> CheckpointError:
 
 def _unpickle(path: str, read_tensors: bool) -> Dict[str, Any]:
     """``torch.load(path)`` onto the CPU with ``weights_only=True`` and our allow-list, after
-    :func:`verify_checkpoint_file`; then refuse a configuration that holds code. Without
+    :func:`verify_checkpoint_file`; then make its configuration plain (:func:`plain_configuration`:
+    every string fairseq evaluates becomes a plain literal) or refuse it. Without
     ``read_tensors``, a zip checkpoint's tensors are memory-mapped (not read) instead."""
     verify_checkpoint_file(path)
     mmap = not read_tensors and is_zip_checkpoint(path)
@@ -156,18 +158,22 @@ def _unpickle(path: str, read_tensors: bool) -> Dict[str, Any]:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # whatever the unpickler met, the file is unusable: say which
         raise load_failure(path, err) from None
-    field = find_code(state)
-    if field is not None:
-        raise CheckpointError(f"{path}: refused to load, {field} holds code, not a value; {TRUST_HINT}")
+    try:
+        plain_configuration(state)
+    except RefusedField as err:
+        raise CheckpointError(f"{path}: refused to load, {err.field} {err.reason}; {TRUST_HINT}") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: refused to load, its configuration is nested too deep; {TRUST_HINT}") from None
     return state
 
 
 def load_checkpoint(path: str) -> Dict[str, Any]:
     """Load a fairseq checkpoint onto the CPU with ``weights_only=True`` and the allow-list above.
 
-    The file is verified first (:func:`verify_checkpoint_file`), and a checkpoint whose
-    configuration (``cfg``, ``args``) holds a string that is code rather than a value
-    (:func:`fairseq_sage.config_code.is_code`) is refused; any failure is a CheckpointError whose
+    The file is verified first (:func:`verify_checkpoint_file`); in its configuration (``cfg``,
+    ``args``) every string that fairseq evaluates is replaced by the plain literal of its value,
+    and bytes, interpolations, and an evaluated string that is not a plain value are refused
+    (:func:`fairseq_sage.config_values.plain_configuration`); any failure is a CheckpointError whose
     one-line message names the file (and the field).
     """
     return _unpickle(path, read_tensors=True)

@@ -6,6 +6,9 @@ hardens fairseq's checkpoint handling (:mod:`.checkpoints`).
 - :mod:`.wrapper`: ``--optimizer sage --sage-base NAME``, SAGE over any fairseq optimizer;
 - :mod:`.params`: parameter names in fairseq's trainer and the groups ``--sage-params`` chooses;
 - :mod:`.checkpoints`: the allow-list for fairseq's loader, verified loads, atomic copies;
+- :mod:`.evaluation`: fairseq's modules evaluate configuration strings with the safe evaluator of
+  :mod:`fairseq_sage.config_values` instead of the built-in ``eval()``, so that no string (from a
+  checkpoint or elsewhere) runs as code;
 - :mod:`.errors`: the one-line error for a flag the plugin cannot work with.
 
 ``--user-dir fairseq_sage`` imports it (through :mod:`fairseq_sage`); elsewhere,

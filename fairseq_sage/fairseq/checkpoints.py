@@ -6,8 +6,10 @@
   for the whole process, so that ``fairseq-generate``, ``fairseq-interactive`` and
   ``fairseq-train --restore-file`` work while any other global in a checkpoint is refused.
 - :func:`harden_fairseq_checkpoints` makes fairseq verify every checkpoint before loading it
-  (damaged files, foreign pickle globals, configuration strings that are code) and copy each new
-  checkpoint onto ``checkpoint_last.pt`` atomically.
+  (damaged files, foreign pickle globals, configuration fields fairseq evaluates that are not plain
+  values, bytes) and copy each new checkpoint onto ``checkpoint_last.pt`` atomically;
+- fairseq's modules evaluate with the safe evaluator rather than the built-in ``eval()``
+  (:mod:`.evaluation`).
 """
 
 import functools
@@ -16,6 +18,7 @@ import pickle
 import torch
 
 from ..checkpoints import FAIRSEQ_CHECKPOINT_GLOBALS, CheckpointError, check_checkpoint, copy_atomic, load_failure
+from .evaluation import replace_eval_in_fairseq
 
 __all__ = ["harden_fairseq_checkpoints"]
 
@@ -26,10 +29,11 @@ def harden_fairseq_checkpoints() -> None:
     - ``fairseq.checkpoint_utils.load_checkpoint_to_cpu``, which ``fairseq-train`` (resuming),
       ``fairseq-generate``, ``fairseq-interactive`` and the analysis CLI use, first runs
       :func:`fairseq_sage.checkpoints.check_checkpoint`: the file is verified and unpickled with
-      ``weights_only=True`` (its tensors memory-mapped, not read), and its configuration searched
-      for strings that are code, before fairseq's loader (whose caller evaluates some of those
-      strings) sees it; a damaged or refused checkpoint stops the program with one
-      ``fairseq-sage: error:`` line naming the file.
+      ``weights_only=True`` (its tensors memory-mapped, not read), and every configuration field
+      fairseq evaluates is checked to be a plain value, before fairseq's loader (whose caller
+      evaluates those fields, with the safe ``eval`` that :func:`replace_eval_in_fairseq` gives
+      the modules loaded by then) sees it; a damaged or refused checkpoint stops the program with
+      one ``fairseq-sage: error:`` line naming the file (and the field).
     - ``fairseq.file_io.PathManager.copy``, with which fairseq copies each new checkpoint to
       ``checkpoint_last.pt`` (and ``checkpoint_best.pt``), uses :func:`copy_atomic` for local files.
     """
@@ -44,6 +48,7 @@ def harden_fairseq_checkpoints() -> None:
     @functools.wraps(fairseq_load)
     def load_checkpoint_to_cpu(path, *args, **kwargs):
         try:
+            replace_eval_in_fairseq()
             if not PathManager.path_requires_pathmanager(path):
                 check_checkpoint(path)  # safely, whatever torch's default or TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD
             try:
@@ -66,3 +71,4 @@ def harden_fairseq_checkpoints() -> None:
 
 torch.serialization.add_safe_globals(FAIRSEQ_CHECKPOINT_GLOBALS)
 harden_fairseq_checkpoints()
+replace_eval_in_fairseq()
