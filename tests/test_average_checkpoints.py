@@ -11,6 +11,7 @@ from fairseq_sage.tools.average_checkpoints import (
     average_checkpoints,
     cli_main,
     select_checkpoints,
+    WRITABLE_HINT,
 )
 from fairseq_sage.checkpoints import load_checkpoint
 
@@ -232,7 +233,7 @@ def test_averaged_fairseq_checkpoint_loads_in_fairseq_generate(trained_run, tmp_
     assert "BLEU4 = " in generate.stdout
 
 
-def test_output_is_written_atomically(tmp_path, monkeypatch):
+def test_output_is_written_atomically(tmp_path, monkeypatch, capsys):
     paths = [
         save(fake_checkpoint(torch.zeros(2), torch.zeros(1), i), tmp_path / f"c{i}.pt")
         for i in (1, 2)
@@ -245,8 +246,10 @@ def test_output_is_written_atomically(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", failing_save)
-    with pytest.raises(OSError, match="disk full"):
-        cli_main(["--inputs", *map(str, paths), "--output", str(out)])
+    assert cli_main(["--inputs", *map(str, paths), "--output", str(out)]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"fairseq-sage-average-checkpoints: error: --output {out}: cannot write it (disk full); "
+        f"{WRITABLE_HINT}")
     assert out.read_bytes() == b"previous result"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["avg.pt", "c1.pt", "c2.pt"]
 

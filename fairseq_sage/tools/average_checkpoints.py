@@ -255,7 +255,7 @@ def cli_main(argv: Optional[Sequence[str]] = None) -> int:
             output.parent.mkdir(parents=True, exist_ok=True)
             save_atomic(averaged, str(output))
         except OSError as err:
-            raise AveragingError(f"--output {output}: cannot write it ({err.strerror}); {WRITABLE_HINT}") from None
+            raise AveragingError(f"--output {output}: cannot write it ({err.strerror or err}); {WRITABLE_HINT}") from None
     except (AveragingError, CheckpointError) as error:
         print(f"fairseq-sage-average-checkpoints: error: {error}", file=sys.stderr)
         return 2
