@@ -1,4 +1,4 @@
-"""``python -m fairseq_sage.analysis``: see :mod:`fairseq_sage.tools.analysis.cli`."""
+"""``python -m fairseq_sage.tools.analysis``: see :mod:`fairseq_sage.tools.analysis.cli`."""
 
 from .cli import cli_main
 
