@@ -313,3 +313,19 @@ def wmt_sgm(element: str, language: str, segments: List[str]) -> str:
         lines += ["</p>", "</doc>"]
     lines.append(f"</{element}>")
     return lines_text(lines)
+
+
+def with_real_files(archive: Path, out: Path, files: Dict[str, Path]) -> Path:
+    """A copy of the fake ``archive`` at ``out`` in which each member named in ``files`` holds the
+    bytes of that real file (added where the fake has no such member)."""
+    members: Dict[str, bytes] = {}
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            members[member.name] = tar.extractfile(member).read()
+    members.update({name: path.read_bytes() for name, path in files.items()})
+    with tarfile.open(out, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out
