@@ -34,7 +34,8 @@ import torch
 
 from benchmarks import step_timing
 from benchmarks.parameter_shapes import parameter_shapes
-from benchmarks.sage_speed import HYPER, machine, optimizer_factories, write_json_atomically
+from benchmarks.optimizers import HYPER, optimizer_factories
+from benchmarks.sage_speed import machine, write_json_atomically
 from fairseq_sage.quiet import quiet_entry
 
 REPO = Path(__file__).resolve().parents[1]

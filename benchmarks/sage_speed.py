@@ -24,36 +24,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict
 
 import torch
 
 from benchmarks import step_memory, step_timing, train_speed
+from benchmarks.optimizers import IMPLEMENTATIONS, optimizer_factories
 from benchmarks.parameter_shapes import ARCHITECTURES, parameter_shapes
 from fairseq_sage.files import write_atomic
 from fairseq_sage.quiet import quiet_entry
-
-IMPLEMENTATIONS = ("reference", "foreach", "cpp", "compiled")
-HYPER = dict(lr=5e-4, betas=(0.9, 0.98), eps=1e-8, weight_decay=1e-4)
-
-
-def optimizer_factories(impls, device: str) -> Dict[str, step_timing.OptimizerFactory]:
-    """The optimizers to time, by the name they are printed under."""
-    from fairseq.optim.adam import Adam as FairseqAdam
-
-    from fairseq_sage import AdamSAGE
-
-    factories = {
-        "fairseq adam": lambda params: FairseqAdam(params, **HYPER),
-        "torch AdamW fused": lambda params: torch.optim.AdamW(params, fused=True, **HYPER),
-    }
-    for impl in impls:
-        if impl == "cpp" and device != "cpu":
-            continue
-        factories[f"adam_sage {impl}"] = (
-            lambda impl: lambda params: AdamSAGE(params, impl=impl, check_finite=False, **HYPER))(impl)
-    factories["adam_sage auto +check"] = lambda params: AdamSAGE(params, **HYPER)
-    return factories
 
 
 def machine() -> dict:

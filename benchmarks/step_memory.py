@@ -12,7 +12,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Callable, Dict, Sequence
+
+from benchmarks.optimizers import IMPLEMENTATIONS, optimizer_factories
+from benchmarks.parameter_shapes import parameter_shapes
+from benchmarks.step_timing import make_parameters
 
 STATUS = Path("/proc/self/status")
 
@@ -37,20 +41,21 @@ def available() -> bool:
     return Path("/proc/self/clear_refs").exists() and STATUS.is_file()
 
 
-def measure_here(optimizer: str, arch: str) -> int:
-    """Bytes of step temporaries of ``optimizer`` (a name of sage_speed's table) on ``arch``."""
-    from benchmarks.parameter_shapes import parameter_shapes
-    from benchmarks.sage_speed import IMPLEMENTATIONS, optimizer_factories
-    from benchmarks.step_timing import make_parameters
-
-    params = make_parameters(parameter_shapes(arch), "cpu")
-    step = optimizer_factories(IMPLEMENTATIONS, "cpu")[optimizer](params).step
+def step_temporaries(step: Callable[[], object]) -> int:
+    """Bytes by which three calls of ``step`` raise the peak resident memory above what was
+    resident before them, after one call that allocates the optimizer's state."""
     step()
     before = resident_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
     for _ in range(3):
         step()
     return max(0, resident_kib("VmHWM") - before) * 1024
+
+
+def measure_here(optimizer: str, arch: str) -> int:
+    """Bytes of step temporaries of ``optimizer`` (a row of :mod:`benchmarks.optimizers`) on ``arch``."""
+    params = make_parameters(parameter_shapes(arch), "cpu")
+    return step_temporaries(optimizer_factories(IMPLEMENTATIONS, "cpu")[optimizer](params).step)
 
 
 def measure(optimizers: Sequence[str], arch: str) -> Dict[str, int]:

@@ -65,13 +65,7 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> int:
 def temporary_bytes_here(name: str, arch: str) -> int:
     """Peak resident memory of three steps of ``name`` above what was resident before them."""
     params = step_timing.make_parameters(parameter_shapes(arch), "cpu")
-    step = optimizer_factories()[name](params).step
-    step()
-    before = step_memory.resident_kib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
-    for _ in range(3):
-        step()
-    return max(0, step_memory.resident_kib("VmHWM") - before) * 1024
+    return step_memory.step_temporaries(optimizer_factories()[name](params).step)
 
 
 def temporary_bytes(name: str, arch: str) -> int:

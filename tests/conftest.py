@@ -94,3 +94,31 @@ def unwritable_folder(tmp_path):
         probe.unlink()
         yield Path("/sys")
     folder.chmod(0o755)
+
+
+# The real Multi30k, cut to a few lines per split: built once for every test that takes it.
+REAL_SUBSET_LINES = {"train": 300, "val": 16, "test_2016_flickr": 8, "test_2017_flickr": 8}
+
+
+@pytest.fixture(scope="session")
+def real_subset(tmp_path_factory) -> Path:
+    """The first REAL_SUBSET_LINES lines of each split of the real Multi30k (MULTI30K), gzipped as
+    there, with their SHA256SUMS (pass it as MULTI30K_SHA256SUMS to recipes/multi30k)."""
+    import gzip
+    import hashlib
+    from itertools import islice
+
+    if not MULTI30K.is_dir():
+        pytest.skip(f"real Multi30k folder {MULTI30K} not present")
+    folder = tmp_path_factory.mktemp("multi30k_subset")
+    sums = ""
+    for split, count in REAL_SUBSET_LINES.items():
+        for lang in ("de", "en"):
+            name = f"{split}.{lang}.gz"
+            with gzip.open(MULTI30K / name, "rt", encoding="utf-8") as source:
+                lines = list(islice(source, count))
+            with gzip.open(folder / name, "wt", encoding="utf-8") as out:
+                out.writelines(lines)
+            sums += f"{hashlib.sha256((folder / name).read_bytes()).hexdigest()}  {name}\n"
+    (folder / "SHA256SUMS").write_text(sums)
+    return folder

@@ -14,7 +14,7 @@ import random
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Tuple, Union
 
 GERMAN = (
     "Haus Baum Auto Stadt Fluss Berg Kind Frau Mann Hund Katze Buch Tisch Fenster Garten Schule "
@@ -65,8 +65,8 @@ class SentenceMaker:
         return [self.pair(self._random.randint(3, 12), comma=self._random.random() < 0.3) for _ in range(count)]
 
 
-def add_member(tar: tarfile.TarFile, name: str, text: str) -> None:
-    data = text.encode("utf-8")
+def add_member(tar: tarfile.TarFile, name: str, text: Union[str, bytes]) -> None:
+    data = text.encode("utf-8") if isinstance(text, str) else text
     info = tarfile.TarInfo(name)
     info.size = len(data)
     tar.addfile(info, io.BytesIO(data))
@@ -313,3 +313,17 @@ def wmt_sgm(element: str, language: str, segments: List[str]) -> str:
         lines += ["</p>", "</doc>"]
     lines.append(f"</{element}>")
     return lines_text(lines)
+
+
+def with_real_files(archive: Path, out: Path, files: Dict[str, Path]) -> Path:
+    """A copy of the fake ``archive`` at ``out`` in which each member named in ``files`` holds the
+    bytes of that real file (added where the fake has no such member)."""
+    members: Dict[str, bytes] = {}
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            members[member.name] = tar.extractfile(member).read()
+    members.update({name: path.read_bytes() for name, path in files.items()})
+    with tarfile.open(out, "w:gz") as tar:
+        for name, data in members.items():
+            add_member(tar, name, data)
+    return out

@@ -41,7 +41,7 @@ def analysis(toy_data_bin, checkpoint, tmp_path_factory):
     """The CLI's output folder and its stdout."""
     output_dir = tmp_path_factory.mktemp("analysis") / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "fairseq_sage.analysis", toy_data_bin, "--path", checkpoint,
+        [sys.executable, "-m", "fairseq_sage.tools.analysis", toy_data_bin, "--path", checkpoint,
          "--user-dir", USER_DIR, "--num-batches", "3", "--max-tokens", str(MAX_TOKENS),
          "--prune-levels", ",".join(f"{p:g}" for p in LEVELS), "--output-dir", output_dir,
          "--beam", "5", "--gen-subset", "valid", "--cpu"],

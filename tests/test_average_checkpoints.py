@@ -1,4 +1,4 @@
-"""Tests of fairseq_sage.average_checkpoints against hand-computed means."""
+"""Tests of fairseq_sage.tools.average_checkpoints against hand-computed means."""
 
 import subprocess
 import sys
@@ -186,7 +186,7 @@ def test_a_checkpoint_given_twice_is_an_error(tmp_path, capsys):
 
 def test_cli_module_entry_point(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "fairseq_sage.average_checkpoints", "--inputs", str(tmp_path),
+        [sys.executable, "-m", "fairseq_sage.tools.average_checkpoints", "--inputs", str(tmp_path),
          "--num-epoch-checkpoints", "2", "--output", str(tmp_path / "a.pt")],
         cwd=REPO, capture_output=True, text=True,
     )  # fmt: skip

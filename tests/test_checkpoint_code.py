@@ -310,7 +310,7 @@ def test_every_other_loader_refuses_it(genuine, toy_data_bin, tmp_path):
                                "--source-lang", "src", "--target-lang", "tgt"),
         "train --restore-file": fairseq("train", *train_args(toy_data_bin, tmp_path / "save", "--restore-file",
                                                              path, "--max-update", "3"), plugin=False),
-        "analysis": run([sys.executable, "-m", "fairseq_sage.analysis", toy_data_bin, "--path", path, "--cpu",
+        "analysis": run([sys.executable, "-m", "fairseq_sage.tools.analysis", toy_data_bin, "--path", path, "--cpu",
                          "--output-dir", tmp_path / "analysis"]),
     }
     for tool, proc in runs.items():

@@ -11,14 +11,7 @@ import torch
 import fairseq_sage.fairseq  # noqa: F401  (registers the optimizers in this process, as --user-dir does)
 from conftest import USER_DIR, run_fairseq, train_args
 from fairseq_sage.checkpoints import load_checkpoint
-
-TRAIN_LINE = re.compile(r"\| train_inner \| .*?loss=([\d.]+).*?num_updates=(\d+), lr=([\d.e-]+)")
-BLEU_LINE = re.compile(r"^Generate test with beam=5: BLEU4 = ([\d.]+),", re.M)
-
-
-def train_log(proc):
-    """(num_updates, loss, lr) of every train_inner line of a fairseq-train run."""
-    return [(int(u), float(loss), float(lr)) for loss, u, lr in TRAIN_LINE.findall(proc.stdout + proc.stderr)]
+from helpers import BLEU_LINE, train_log
 
 
 def inverse_sqrt_lr(num_updates, lr=3e-3, warmup=10, init=1e-7):

@@ -10,7 +10,7 @@ import torch
 from conftest import USER_DIR, run_fairseq, train_args
 from fairseq_sage import SAGE
 from fairseq_sage.checkpoints import load_checkpoint
-from test_fairseq_integration import BLEU_LINE, train_log
+from helpers import BLEU_LINE, train_log
 from test_optimizers import reference_multiplier
 
 

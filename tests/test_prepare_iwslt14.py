@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures_archives import OVERLONG_MARKER, RATIO_MARKER, build_iwslt14
+from fixtures_archives import OVERLONG_MARKER, RATIO_MARKER, build_iwslt14, with_real_files
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "recipes" / "iwslt14_de_en" / "prepare.sh"
@@ -182,3 +182,58 @@ def test_unreachable_archive_names_the_variable_to_set(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         "error: could not fetch de-en.tgz; set IWSLT14_URL to a reachable copy (http(s) URL, file:// URL or path)"
     )
+
+
+# The ten real dev/test files of de-en.tgz (their README gives the segment counts); the real
+# train.tags is not there, so the archive pairs them with the fake one's synthetic train.tags.
+REAL_TEST_FILES = REPO.parent / "shared" / "data" / "iwslt14_devtest"
+REAL_SEGMENTS = {"IWSLT14.TED.dev2010": 887, "IWSLT14.TEDX.dev2012": 1165, "IWSLT14.TED.tst2010": 1565,
+                 "IWSLT14.TED.tst2011": 1433, "IWSLT14.TED.tst2012": 1700}  # fmt: skip
+SEGMENT = re.compile(r'^\s*<seg id="\d+">\s*(.*?)\s*</seg>\s*$')
+
+
+def real_segments(language: str) -> list:
+    """The segments of the five real test sets in fairseq's order, read with a regular expression,
+    ’ made ' (as fairseq's prepare-iwslt14.sh does before tokenizing)."""
+    segments = []
+    for test_set, count in REAL_SEGMENTS.items():
+        text = (REAL_TEST_FILES / f"{test_set}.de-en.{language}.xml").read_text(encoding="utf-8")
+        found = [m.group(1) for m in map(SEGMENT.match, text.splitlines()) if m]
+        assert len(found) == count, f"{test_set}.{language}: {len(found)} segments, its README says {count}"
+        segments += [segment.replace("’", "'") for segment in found]
+    return segments
+
+
+@pytest.fixture(scope="module")
+def prepared_real_test_sets(tmp_path_factory):
+    if not REAL_TEST_FILES.is_dir():
+        pytest.skip(f"real IWSLT'14 dev/test folder {REAL_TEST_FILES} not present")
+    upstream = tmp_path_factory.mktemp("upstream_real")
+    fake = build_iwslt14(upstream)
+    real = {f"de-en/{path.name}": path for path in REAL_TEST_FILES.glob("IWSLT14.*.xml")}
+    real["de-en/README"] = REAL_TEST_FILES / "UPSTREAM_README"
+    (upstream / "real").mkdir()
+    archive = with_real_files(fake.archive, upstream / "real" / "de-en.tgz", real)
+    workdir = tmp_path_factory.mktemp("work_real")
+    result = run_prepare(workdir, IWSLT14_URL=str(archive))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return fake, workdir, result
+
+
+def test_real_test_sets_give_fairseqs_6750_segments_in_order(prepared_real_test_sets):
+    from fairseq.data.indexed_dataset import MMapIndexedDataset
+
+    fake, workdir, result = prepared_real_test_sets
+    total = sum(REAL_SEGMENTS.values())
+    assert total == 6750
+    assert f"test: {total} sentence pairs" in result.stdout
+    kept = len(fake.kept["de"])
+    assert f"train: {kept - kept // 23} sentence pairs" in result.stdout
+    prep = workdir / "iwslt14.tokenized.de-en"
+    for language in ("de", "en"):
+        assert lines(prep / f"tmp/test.raw.{language}") == real_segments(language)
+        tokenized = lines(prep / f"tmp/test.{language}")
+        assert len(tokenized) == total and all(tokenized) and all(line == line.lower() for line in tokenized)
+        assert len(lines(prep / f"test.{language}")) == total
+        data = workdir / f"data-bin/iwslt14.tokenized.de-en/test.de-en.{language}"
+        assert len(MMapIndexedDataset(str(data))) == total

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures_archives import OVERLONG_MARKER, RATIO_MARKER, build_wmt16
+from fixtures_archives import OVERLONG_MARKER, RATIO_MARKER, build_wmt16, with_real_files
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "recipes" / "wmt16_en_de" / "prepare.sh"
@@ -139,3 +139,52 @@ def test_wrong_archive_is_reported(tmp_path):
         "training-parallel-nc-v11/news-commentary-v11.de-en.en, "
         "training-parallel-nc-v11/news-commentary-v11.de-en.de; is it the right archive?"
     )
+
+
+# The real newstest2014 SGM files of dev.tgz (3,003 segments, as their README says), put in the fake
+# dev.tgz in their places; the training corpora and newstest2013 stay the fake ones.
+REAL_TEST_FILES = REPO.parent / "shared" / "data" / "wmt14_newstest2014"
+REAL_SEGMENTS = 3003
+SEGMENT = re.compile(r'<seg id="\d+">(.*)</seg>')
+
+
+def real_segments(name: str) -> list:
+    """The text of each ``<seg>`` line of a real SGM file (one line each there), white space runs
+    squeezed to one space and trimmed, read with a regular expression."""
+    text = (REAL_TEST_FILES / name).read_text(encoding="utf-8")
+    return [re.sub(r"[ \t\r\f\v]+", " ", m.group(1)).strip(" ") for m in SEGMENT.finditer(text)]
+
+
+@pytest.fixture(scope="module")
+def prepared_real_test_set(tmp_path_factory):
+    if not REAL_TEST_FILES.is_dir():
+        pytest.skip(f"real newstest2014 folder {REAL_TEST_FILES} not present")
+    upstream = tmp_path_factory.mktemp("upstream_real")
+    fake = build_wmt16(upstream)
+    real = {f"dev/{path.name}": path for path in REAL_TEST_FILES.glob("newstest2014-deen-*.sgm")}
+    (upstream / "real").mkdir()
+    dev = with_real_files(fake.archives["dev"], upstream / "real" / "dev.tgz", real)
+    overrides = {variable: str(fake.archives[name]) for name, variable in URL_VARIABLES.items()}
+    overrides["WMT16_DEV_URL"] = str(dev)
+    workdir = tmp_path_factory.mktemp("work_real")
+    result = run_prepare(workdir, **overrides)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return fake, workdir, result
+
+
+def test_real_newstest2014_gives_3003_test_pairs_from_the_de_en_files(prepared_real_test_set):
+    from fairseq.data.indexed_dataset import MMapIndexedDataset
+
+    fake, workdir, result = prepared_real_test_set
+    assert f"test: {REAL_SEGMENTS} sentence pairs" in result.stdout
+    assert f"train: {len(fake.train['en'])} sentence pairs" in result.stdout
+    tmp = workdir / "wmt16_en_de/tmp"
+    # German source and English reference of the de-en direction, not the en-de files beside them
+    assert lines(tmp / "newstest2014.de") == real_segments("newstest2014-deen-src.de.sgm")
+    assert lines(tmp / "newstest2014.en") == real_segments("newstest2014-deen-ref.en.sgm")
+    for language in ("de", "en"):
+        assert len(lines(tmp / f"newstest2014.{language}")) == REAL_SEGMENTS
+        assert len(lines(tmp / f"newstest2014.tok.{language}")) == REAL_SEGMENTS
+        assert len(lines(workdir / f"wmt16_en_de/test.{language}")) == REAL_SEGMENTS
+        data = workdir / f"data-bin/wmt16_en_de/test.en-de.{language}"
+        assert len(MMapIndexedDataset(str(data))) == REAL_SEGMENTS

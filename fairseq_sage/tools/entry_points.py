@@ -9,7 +9,7 @@ __all__ = ["analyze", "average_checkpoints", "study"]
 
 
 def analyze() -> None:
-    """``fairseq-sage-analyze``, ``python -m fairseq_sage.tools.analysis`` and ``python -m fairseq_sage.analysis``."""
+    """``fairseq-sage-analyze``, ``python -m fairseq_sage.tools.analysis``."""
     quiet_entry()
     from .analysis.cli import cli_main
 
@@ -17,7 +17,7 @@ def analyze() -> None:
 
 
 def average_checkpoints() -> Optional[int]:
-    """``fairseq-sage-average-checkpoints`` and ``python -m fairseq_sage.average_checkpoints``."""
+    """``fairseq-sage-average-checkpoints`` and ``python -m fairseq_sage.tools.average_checkpoints``."""
     quiet_entry()
     from .average_checkpoints import cli_main
 

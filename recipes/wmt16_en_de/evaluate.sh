@@ -49,7 +49,7 @@ if [[ -f $AVERAGE && $AVERAGE -nt $SAVE_DIR/checkpoint_last.pt ]]; then
     log "skip averaging: $AVERAGE is newer than checkpoint_last.pt"
 else
     log "averaging the last $NUM_AVG epoch checkpoints of $SAVE_DIR"
-    "$PYTHON" -m fairseq_sage.average_checkpoints --inputs "$SAVE_DIR" \
+    "$PYTHON" -m fairseq_sage.tools.average_checkpoints --inputs "$SAVE_DIR" \
         --num-epoch-checkpoints "$NUM_AVG" --output "$AVERAGE"
 fi
 if [[ -f $OUT/results && $OUT/results -nt $AVERAGE ]]; then

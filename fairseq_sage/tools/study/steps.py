@@ -1,6 +1,6 @@
 """The steps of one run, each an idempotent function whose output file (written atomically) is its
 marker: train (fairseq-train, which resumes itself from checkpoint_last.pt), average, score (beam
-search, sacreBLEU and chrF), prune (python -m fairseq_sage.analysis), and the run's record, the one
+search, sacreBLEU and chrF), prune (python -m fairseq_sage.tools.analysis), and the run's record, the one
 file a finished run leaves (scores, curves, cost, translations; no checkpoint). A run whose record
 exists is done: a study restores it from there instead of training it again."""
 
@@ -173,7 +173,7 @@ class RunSteps:
             return json.loads((self.dir / "pruning.json").read_text())
         pruning, data = self.study.pruning, self.study.data
         post = ["--post-process", data.post_process] if data.post_process else []
-        command(self.dir, "prune", [sys.executable, "-m", "fairseq_sage.analysis", str(self.config.data_bin),
+        command(self.dir, "prune", [sys.executable, "-m", "fairseq_sage.tools.analysis", str(self.config.data_bin),
                                     "--path", str(self.checkpoint(pruning.model)), "--cpu",
                                     "--prune-levels", ",".join(f"{v:g}" for v in pruning.levels),
                                     "--gen-subset", data.sets[pruning.set].subset, "--num-batches", str(pruning.batches),
