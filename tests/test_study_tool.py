@@ -21,7 +21,7 @@ from fairseq_sage.tools.study.launch import LocalLauncher, SubmititLauncher
 from fairseq_sage.tools.study.plan import Run, beyond, budget_from_curve, number, widen
 from fairseq_sage.tools.study.report import Report, prunable_level, time_to_target
 from fairseq_sage.tools.study.stats import paired_bootstrap, paired_difference, t_interval
-from fairseq_sage.tools.study.steps import StepError, parse_json_log, write_record
+from fairseq_sage.tools.study.steps import StepError, parse_json_log, read_csv, write_record
 from fairseq_sage.tools.study.study import outcome
 
 TINY_STUDY = """
@@ -363,3 +363,11 @@ def test_report_sections_of_targets_prunability_and_sensitivity_from_records(tmp
     # log10_iqr equal everywhere: a paired difference of 0 ± 0, not significant (no *)
     assert "| ffn | log10_iqr | 1.000 ± 0.000 | 1.000 ± 0.000 | 0.000 ± 0.000 |" in sensitivity
     assert "| ffn | dead_relu_unit | 0.3750 ± 1.5883 | 0.6250 ± 3.1766 | 0.2500 ± 1.5883 |" in sensitivity
+
+
+def test_the_analysis_csvs_are_read_with_their_names_as_text(tmp_path):
+    (tmp_path / "pruning_bleu.csv").write_text("criterion,prune_percent,bleu\nmagnitude,50,31.25\n")
+    (tmp_path / "zero_sensitivity.csv").write_text("type,cause,weights,fraction_of_type\nffn,dead_relu_unit,12,0.5\n")
+    assert read_csv(tmp_path / "pruning_bleu.csv") == [{"criterion": "magnitude", "prune_percent": 50.0, "bleu": 31.25}]
+    assert read_csv(tmp_path / "zero_sensitivity.csv") == [{"type": "ffn", "cause": "dead_relu_unit", "weights": 12.0,
+                                                             "fraction_of_type": 0.5}]
