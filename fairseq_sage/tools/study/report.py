@@ -90,8 +90,11 @@ class Report:
             return f"{result['mean']:{spec}} ± {cell(result['half_width'], spec)}"
         cells = [text(t_interval(list(values[opt].values()))) if values[opt] else "–" for opt in self.study.optimizers]
         for opt in self.others:
-            difference = paired_difference(values[self.baseline], values[opt]) if values[self.baseline].keys() & values[opt].keys() else None
-            cells.append("–" if difference is None else text(difference) + (" *" if significant(difference) else ""))
+            if not values[self.baseline].keys() & values[opt].keys():
+                cells.append("–")
+                continue
+            difference = paired_difference(values[self.baseline], values[opt])
+            cells.append(text(difference) + (" *" if significant(difference) else ""))
         return cells
 
     def over_seeds_header(self, *first: str) -> List[str]:
@@ -152,8 +155,10 @@ class Report:
             values = {opt: {run.seed: prunable_level(self.result.records[run]["pruning"], name, pruning.tolerance)
                             for run in self.seeds(opt)} for opt in self.study.optimizers}
             rows.append([name, *self.over_seeds(values, ".1f")])
-            verdicts += [f"- {prunability_verdict(name, self.labels[opt], self.labels[self.baseline], pruning.tolerance, paired_difference(values[self.baseline], values[opt]))}.\n"
-                         for opt in self.others]
+            for opt in self.others:
+                difference = paired_difference(values[self.baseline], values[opt])
+                line = prunability_verdict(name, self.labels[opt], self.labels[self.baseline], pruning.tolerance, difference)
+                verdicts.append(f"- {line}.\n")
         return (f"### Prunability\n\nPer model, the largest % of non-embedding weights pruned (one shot) whose BLEU on "
                 f"{pruning.set} stays within {pruning.tolerance:g} BLEU of the unpruned model's; mean ± half-width over "
                 "seeds, the difference paired (* significant).\n\n" + "".join(verdicts) + "\n"
@@ -240,10 +245,10 @@ class Report:
                   f"{self.result.max_update} updates per run, from the budget run's curve (first N where the "
                   f"smoothed validation BLEU gains less than {study.train.budget_rule.min_gain} over the last "
                   f"{study.train.budget_rule.tail:.0%} of N)") if self.result.max_update else "pending"
+        pruned_first = " or (separately) ".join(PRUNED_FIRST[name] for name in study.pruning.by) if study.pruning else ""
         pruning = (f"- **Pruning**: {self.model_label(study.pruning.model)} of every seed, sensitivity |θ·g| over "
                    f"{study.pruning.batches} training batches, BLEU on {study.pruning.set} after zeroing the "
-                   f"{', '.join(map(number, study.pruning.levels))} % {' or (separately) '.join(PRUNED_FIRST[c] for c in study.pruning.by)} "
-                   "non-embedding weights.\n"
+                   f"{', '.join(map(number, study.pruning.levels))} % {pruned_first} non-embedding weights.\n"
                    if study.pruning else "")
         return ("### Design\n\n" + (study.report.design + "\n" if study.report.design else "")
                 + f"- **Budget**: {budget}.\n- **Grid** (seed {study.selection.seeds[0]}): {grids}; an axis whose best "
