@@ -1,5 +1,6 @@
 """fairseq-sage-study: a whole tiny study killed mid-training and resumed; configuration errors; the
-statistics, widening and budget rule against values worked out by hand; the launchers."""
+statistics, widening, budget rule, time to target, prunability and the report's sections of them against
+values worked out by hand; the launchers."""
 
 import fcntl
 import gzip
