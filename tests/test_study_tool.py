@@ -1,5 +1,6 @@
 """fairseq-sage-study: a whole tiny study killed mid-training and resumed; configuration errors; the
-statistics, widening and budget rule against values worked out by hand; the launchers."""
+statistics, widening, budget rule, time to target, prunability and the report's sections of them against
+values worked out by hand; the launchers."""
 
 import fcntl
 import gzip
@@ -19,8 +20,9 @@ from fairseq_sage.tools.study import cli
 from fairseq_sage.tools.study.config import StudyConfig
 from fairseq_sage.tools.study.launch import LocalLauncher, SubmititLauncher
 from fairseq_sage.tools.study.plan import Run, beyond, budget_from_curve, number, widen
+from fairseq_sage.tools.study.report import Report, prunable_level, time_to_target
 from fairseq_sage.tools.study.stats import paired_bootstrap, paired_difference, t_interval
-from fairseq_sage.tools.study.steps import StepError, parse_json_log, write_record
+from fairseq_sage.tools.study.steps import StepError, parse_json_log, read_csv, write_record
 from fairseq_sage.tools.study.study import outcome
 
 TINY_STUDY = """
@@ -138,6 +140,10 @@ def test_a_tiny_study_killed_mid_training_resumes_to_the_report_its_records_give
     (("lr = [3e-3, 1e-2] }}\n\n[optimizers.adam_sage]", 'lr = [3e-3, "1e-2"] }}\n\n[optimizers.adam_sage]'),
      "optimizers.adam.grid.lr.1: should be a number (got '1e-2')"),
     (("[selection]", '[selection]\nset = "dev"'), "selection.set: 'dev' is not one of data.sets (valid, test)"),
+    (("batches = 1", 'batches = 1\nby = ["sensitivity", "weight"]'),
+     "pruning.by.1: Input should be 'sensitivity' or 'magnitude' (got 'weight')"),
+    (("levels = [0, 50]", "levels = [10, 50]"),
+     "pruning.levels: include 0 (the unpruned BLEU that prunability is measured from)"),
 ])
 def test_a_config_error_is_one_line_naming_the_key(tmp_path, capsys, edit, message):
     config = write_study(tmp_path, Path("/nowhere/data-bin"), TINY_STUDY.replace(*edit))
@@ -297,3 +303,72 @@ def test_a_second_run_of_the_same_study_is_refused_while_one_runs(tmp_path, caps
         assert cli.main(["run", str(config)]) == 1
     assert capsys.readouterr().err == (f"fairseq-sage-study: error: {tmp_path}/work: a study is already running "
                                        "there (see its progress.md)\n")
+
+
+def test_time_to_target_and_prunable_level_by_hand():
+    curve = [{"num_updates": 100.0, "bleu": 30.0}, {"num_updates": 200.0, "bleu": 34.0},
+             {"num_updates": 300.0, "bleu": 33.0}, {"num_updates": 400.0, "bleu": 36.5}]
+    assert [time_to_target(curve, target) for target in (30, 34, 36, 37)] == [100.0, 200.0, 400.0, None]
+    rows = [{"criterion": "sensitivity", "prune_percent": p, "bleu": b} for p, b in
+            ((0, 40.0), (20, 39.5), (40, 38.9), (50, 39.0), (60, 30.0))]  # 40: 1.1 below; 50: exactly 1.0 below
+    rows += [{"criterion": "magnitude", "prune_percent": p, "bleu": b} for p, b in ((0, 40.0), (20, 38.5))]
+    assert prunable_level(rows, "sensitivity", 1.0) == 50
+    assert prunable_level(rows, "sensitivity", 0.5) == 20
+    assert prunable_level(rows, "magnitude", 1.0) == 0
+    assert prunable_level([{"prune_percent": 0, "bleu": 5.0}, {"prune_percent": 10, "bleu": 4.5}], "sensitivity", 1) == 10
+
+
+def test_report_sections_of_targets_prunability_and_sensitivity_from_records(tmp_path):
+    """Records in the format of the analysis with --prune-by (criterion column, log10_var / log10_iqr,
+    zero_sensitivity.csv): each section's numbers against the t-interval rule worked by hand (2 seeds:
+    t_{0.975, 1} = 12.7062, half-width = t · s / √2)."""
+    text = (TINY_STUDY.replace("lr = [3e-3, 1e-2]", "lr = [3e-3]")
+            .replace("batches = 1", 'batches = 1\nby = ["sensitivity", "magnitude"]\ntolerance = 1.0')
+            .replace('title = "Tiny study"', 'title = "Tiny study"\ntargets = [34, 36]'))
+    config = StudyConfig(write_study(tmp_path, tmp_path, text))
+    # (updates reaching 34, reaching 36 or None, sensitivity pruning BLEU at 0/50, magnitude at 0/50, log10_var)
+    runs = {"adam-lr=3e-3-seed=1": (200, 400, (40, 39.5), (40, 30), 1.0),
+            "adam-lr=3e-3-seed=2": (400, None, (40, 39.5), (40, 39.2), 2.0),
+            "adam_sage-lr=1e-2-seed=1": (100, 300, (40, 35), (40, 39.5), 1.5),
+            "adam_sage-lr=1e-2-seed=2": (200, 500, (40, 37), (40, 39.5), 3.5)}
+    for name, (at34, at36, sensitivity, magnitude, log10_var) in runs.items():
+        curve = [{"num_updates": u, "bleu": 34.0 if u == at34 else 36.0 if u == at36 else 20.0, "loss": 4.0}
+                 for u in (100.0, 200.0, 300.0, 400.0, 500.0)]
+        pruning = [{"criterion": c, "prune_percent": p, "bleu": b} for c, bleus in
+                   (("sensitivity", sensitivity), ("magnitude", magnitude)) for p, b in zip((0, 50), bleus)]
+        write_record(tmp_path / "records" / f"{name}.json.gz", {
+            "curve": curve, "train": [], "epochs": [{"loss": 4.0}], "wall_seconds": 1.0,
+            "scores": {"checkpoint_avg": {"test": {"bleu": 30.0, "chrf": 50.0}}}, "pruning": pruning,
+            "sensitivity_by_type": [{"type": "ffn", "log10_var": log10_var, "log10_iqr": 1.0, "zero_fraction": 0.0}],
+            "zero_sensitivity": [{"type": "ffn", "cause": "dead_relu_unit", "weights": 10.0,
+                                  "fraction_of_type": 0.25 * log10_var}]})
+    report = Report(config, outcome(config))
+    targets = report.target_section()
+    # 34: Adam 200, 400 (mean 300, s 141.42, half 1270.6); SAGE 100, 200 (150, half 635.3); paired −100, −200
+    assert "| 34 | 300 ± 1271 | 150 ± 635 | -150 ± 635 | Adam 0, Adam-SAGE 0 |" in targets
+    # 36: Adam only seed 1 (400: no interval); SAGE 300, 500 (400, half 1270.6); paired over seed 1 only: −100
+    assert "| 36 | 400 ± – | 400 ± 1271 | -100 ± – | Adam 1, Adam-SAGE 0 |" in targets
+    prunability = report.prunability_section()
+    # sensitivity: Adam 50, 50; SAGE 0, 0; paired −50, −50 (s 0: half 0, significant)
+    # magnitude: Adam 0, 50; SAGE 50, 50; paired +50, 0 (mean 25, s 35.36, half 317.7)
+    assert "| sensitivity | 50.0 ± 0.0 | 0.0 ± 0.0 | -50.0 ± 0.0 * |" in prunability
+    assert ("- sensitivity: Adam-SAGE's models are less prunable than Adam's: Δ = -50.0 ± 0.0 points of the largest "
+            "pruning level within 1 BLEU of the unpruned model (95 % CI of the paired difference over 2 seeds), "
+            "significant.") in prunability
+    assert ("- magnitude: Adam-SAGE's models are more prunable than Adam's: Δ = +25.0 ± 317.7 points of the largest "
+            "pruning level within 1 BLEU of the unpruned model (95 % CI of the paired difference over 2 seeds), "
+            "not significant.") in prunability
+    sensitivity = report.sensitivity_section()
+    # log10_var: Adam 1, 2 (1.5, half 6.353); SAGE 1.5, 3.5 (2.5, half 12.706); paired 0.5, 1.5 (1.0, half 6.353)
+    assert "| ffn | log10_var | 1.500 ± 6.353 | 2.500 ± 12.706 | 1.000 ± 6.353 |" in sensitivity
+    # log10_iqr equal everywhere: a paired difference of 0 ± 0, not significant (no *)
+    assert "| ffn | log10_iqr | 1.000 ± 0.000 | 1.000 ± 0.000 | 0.000 ± 0.000 |" in sensitivity
+    assert "| ffn | dead_relu_unit | 0.3750 ± 1.5883 | 0.6250 ± 3.1766 | 0.2500 ± 1.5883 |" in sensitivity
+
+
+def test_the_analysis_csvs_are_read_with_their_names_as_text(tmp_path):
+    (tmp_path / "pruning_bleu.csv").write_text("criterion,prune_percent,bleu\nmagnitude,50,31.25\n")
+    (tmp_path / "zero_sensitivity.csv").write_text("type,cause,weights,fraction_of_type\nffn,dead_relu_unit,12,0.5\n")
+    assert read_csv(tmp_path / "pruning_bleu.csv") == [{"criterion": "magnitude", "prune_percent": 50.0, "bleu": 31.25}]
+    assert read_csv(tmp_path / "zero_sensitivity.csv") == [{"type": "ffn", "cause": "dead_relu_unit", "weights": 12.0,
+                                                             "fraction_of_type": 0.5}]

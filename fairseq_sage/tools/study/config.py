@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 from typing import Dict, List, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError, model_validator
 
 Number = Union[StrictInt, StrictFloat]
 
@@ -88,6 +88,9 @@ class Pruning(Schema):
     set: str
     model: Literal["checkpoint_best", "checkpoint_avg"] = "checkpoint_best"
     batches: StrictInt = 8
+    by: List[Literal["sensitivity", "magnitude"]] = Field(["sensitivity"], min_length=1)  # the weights pruned first:
+    # least sensitive |θ·g| or smallest |θ|, each criterion pruned separately
+    tolerance: float = 1.0  # BLEU points: a model's prunability is its largest level within this of its unpruned BLEU
 
 
 class Report(Schema):
@@ -96,6 +99,7 @@ class Report(Schema):
     title: str
     intro: str = ""
     design: str = ""  # markdown kept in the report's design section
+    targets: List[Number] = []  # greedy validation BLEU values: the report's time to target of each
 
 
 class Study(Schema):
@@ -119,6 +123,8 @@ class Study(Schema):
         for key, name in sets:
             if name not in self.data.sets:
                 raise ValueError(f"{key}: '{name}' is not one of data.sets ({', '.join(self.data.sets)})")
+        if self.pruning and 0 not in self.pruning.levels:
+            raise ValueError("pruning.levels: include 0 (the unpruned BLEU that prunability is measured from)")
         models = set(self.score.models) | ({self.selection.model} if self.selection.set else set()) | ({self.pruning.model} if self.pruning else set())
         if "checkpoint_avg" in models and self.train.average_last < 1:
             raise ValueError("train.average_last: give the epoch checkpoints to average (checkpoint_avg is used)")

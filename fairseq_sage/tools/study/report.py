@@ -1,8 +1,10 @@
 """The study's report, from its records alone: verdict per test set (paired difference over seeds
-with its t-interval, the best pair's paired bootstrap), scores over seeds, cost and step size,
+with its t-interval, the best pair's paired bootstrap), scores over seeds, and where the configuration
+and records give them time to target, prunability and the sensitivity distribution; cost and step size,
 design, grid and figures, written whole (markdown and PNGs) to the path the configuration names."""
 
 import json
+import math
 import statistics
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -17,11 +19,39 @@ from .stats import bootstrap_reading, paired_difference, significant, t_interval
 from .study import PAIRED_FILE, Outcome, best_loss, outcome, selection_score
 
 MODEL_LABELS = {"checkpoint_best": "checkpoint_best.pt"}
+PRUNED_FIRST = {"sensitivity": "least sensitive", "magnitude": "smallest-magnitude"}
 LINE_STYLES = ["-", "--", ":", "-.", (0, (3, 1, 1, 1, 1, 1))]
 
 
 def cell(value: Optional[float], spec: str = ".2f") -> str:
     return "–" if value is None else format(value, spec)
+
+
+def time_to_target(curve: List[dict], target: float) -> Optional[float]:
+    """The updates of the first validation whose greedy BLEU reaches ``target``; None where none does."""
+    return next((row["num_updates"] for row in curve if row.get("bleu", -math.inf) >= target), None)
+
+
+def criterion(row: dict) -> str:
+    return row.get("criterion", "sensitivity")  # rows written before the analysis named its criterion
+
+
+def prunable_level(rows: List[dict], name: str, tolerance: float) -> float:
+    """The largest pruning level (by criterion ``name``) whose BLEU is within ``tolerance`` of level 0's."""
+    rows = [row for row in rows if criterion(row) == name]
+    unpruned = next(row["bleu"] for row in rows if row["prune_percent"] == 0)
+    return max(row["prune_percent"] for row in rows if row["bleu"] >= unpruned - tolerance)
+
+
+def prunability_verdict(name: str, label: str, baseline: str, tolerance: float, difference: dict) -> str:
+    """'magnitude: Adam-SAGE's models are less prunable: Δ = -6.0 ± 4.1 points of the pruning level ..., significant'."""
+    mean, half = difference["mean"], difference["half_width"]
+    claim = f"{name}: {label}'s models are {'more' if mean > 0 else 'less'} prunable than {baseline}'s"
+    if half is None:
+        return f"{claim}: Δ = {mean:+.1f} points on one seed: no interval, no verdict"
+    return (f"{claim}: Δ = {mean:+.1f} ± {half:.1f} points of the largest pruning level within {tolerance:g} BLEU of "
+            f"the unpruned model (95 % CI of the paired difference over {difference['n']} seeds), "
+            + ("significant" if significant(difference) else "not significant"))
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -49,6 +79,26 @@ class Report:
 
     def difference(self, opt: str, model: str, name: str, metric: str = "bleu") -> dict:
         return paired_difference(self.per_seed(self.baseline, model, name, metric), self.per_seed(opt, model, name, metric))
+
+    def final_records(self) -> List[dict]:
+        return [self.result.records[run] for opt in self.study.optimizers for run in self.seeds(opt)]
+
+    def over_seeds(self, values: Dict[str, Dict[int, float]], spec: str) -> List[str]:
+        """Cells: each optimizer's mean ± half-width over its seeds, then each other optimizer's paired
+        difference to the baseline (marked * where significant); – where no seed has a value."""
+        def text(result):
+            return f"{result['mean']:{spec}} ± {cell(result['half_width'], spec)}"
+        cells = [text(t_interval(list(values[opt].values()))) if values[opt] else "–" for opt in self.study.optimizers]
+        for opt in self.others:
+            if not values[self.baseline].keys() & values[opt].keys():
+                cells.append("–")
+                continue
+            difference = paired_difference(values[self.baseline], values[opt])
+            cells.append(text(difference) + (" *" if significant(difference) else ""))
+        return cells
+
+    def over_seeds_header(self, *first: str) -> List[str]:
+        return [*first, *self.labels.values(), *(f"{self.labels[o]} − {self.labels[self.baseline]}" for o in self.others)]
 
     # ---- sections
 
@@ -80,6 +130,66 @@ class Report:
                                                                        for o in self.others)]
         return ("### Test scores over seeds\n\nMean ± half-width of the 95 % confidence interval (Student's t, n − 1) "
                 "over the seeds; the difference is paired seed by seed.\n\n" + table(header, rows))
+
+    def target_section(self) -> str:
+        if not (self.complete and self.study.report.targets):
+            return ""
+        rows = []
+        for target in self.study.report.targets:
+            values = {opt: {run.seed: updates for run in self.seeds(opt) if (updates := time_to_target(
+                self.result.records[run]["curve"], target)) is not None} for opt in self.study.optimizers}
+            missed = ", ".join(f"{self.labels[opt]} {len(self.seeds(opt)) - len(values[opt])}" for opt in values)
+            rows.append([number(target), *self.over_seeds(values, ".0f"), missed])
+        return ("### Time to target\n\nThe first update at which the greedy validation BLEU of the run's curve reaches "
+                "each target: mean ± half-width of the 95 % t-interval over the seeds that reach it; the difference is "
+                "paired over the seeds where both do (* significant: its interval excludes 0).\n\n"
+                + table(self.over_seeds_header("target BLEU") + ["seeds that never reach it"], rows))
+
+    def prunability_section(self) -> str:
+        pruning = self.study.pruning
+        if not (self.complete and pruning and all(r.get("pruning") and "criterion" in r["pruning"][0]
+                                                  for r in self.final_records())):
+            return ""  # records made before the analysis named the criterion of each row
+        rows, verdicts = [], []
+        for name in pruning.by:
+            values = {opt: {run.seed: prunable_level(self.result.records[run]["pruning"], name, pruning.tolerance)
+                            for run in self.seeds(opt)} for opt in self.study.optimizers}
+            rows.append([name, *self.over_seeds(values, ".1f")])
+            for opt in self.others:
+                difference = paired_difference(values[self.baseline], values[opt])
+                line = prunability_verdict(name, self.labels[opt], self.labels[self.baseline], pruning.tolerance, difference)
+                verdicts.append(f"- {line}.\n")
+        return (f"### Prunability\n\nPer model, the largest % of non-embedding weights pruned (one shot) whose BLEU on "
+                f"{pruning.set} stays within {pruning.tolerance:g} BLEU of the unpruned model's; mean ± half-width over "
+                "seeds, the difference paired (* significant).\n\n" + "".join(verdicts) + "\n"
+                + table(self.over_seeds_header("pruned first by"), rows))
+
+    def sensitivity_section(self) -> str:
+        records = self.final_records() if self.complete else []
+        if not records or not all(r.get("sensitivity_by_type") and "log10_var" in r["sensitivity_by_type"][0]
+                                  for r in records):
+            return ""
+        by_type = {id(r): {row["type"]: row for row in r["sensitivity_by_type"]} for r in records}
+        rows = []
+        for layer in by_type[id(records[0])]:
+            for column in ("log10_var", "log10_iqr", "zero_fraction"):
+                values = {opt: {run.seed: by_type[id(self.result.records[run])][layer][column] for run in self.seeds(opt)}
+                          for opt in self.study.optimizers}
+                rows.append([layer, column, *self.over_seeds(values, ".3f")])
+        text = table(self.over_seeds_header("layer type", "statistic"), rows)
+        if all("zero_sensitivity" in r for r in records):
+            causes = sorted({(row["type"], row["cause"]) for r in records for row in r["zero_sensitivity"]})
+            zero_rows = []
+            for layer, cause in causes:
+                values = {opt: {run.seed: sum(row["fraction_of_type"] for row in self.result.records[run]["zero_sensitivity"]
+                                              if (row["type"], row["cause"]) == (layer, cause)) for run in self.seeds(opt)}
+                          for opt in self.study.optimizers}
+                zero_rows.append([layer, cause, *self.over_seeds(values, ".4f")])
+            text += ("\nWeights of zero sensitivity by cause, as a fraction of their layer type:\n\n"
+                     + table(self.over_seeds_header("layer type", "cause"), zero_rows))
+        return ("### Sensitivity distribution\n\nPer layer type, the variance and interquartile range of log10 "
+                "sensitivity |θ·g| and the fraction of weights of zero sensitivity; mean ± half-width over seeds, the "
+                "difference paired (* significant).\n\n" + text)
 
     def cost(self, opt: str) -> Dict[str, Optional[float]]:
         records = [self.result.records[run] for run in self.seeds(opt) if run in self.result.records]
@@ -135,9 +245,10 @@ class Report:
                   f"{self.result.max_update} updates per run, from the budget run's curve (first N where the "
                   f"smoothed validation BLEU gains less than {study.train.budget_rule.min_gain} over the last "
                   f"{study.train.budget_rule.tail:.0%} of N)") if self.result.max_update else "pending"
+        pruned_first = " or (separately) ".join(PRUNED_FIRST[name] for name in study.pruning.by) if study.pruning else ""
         pruning = (f"- **Pruning**: {self.model_label(study.pruning.model)} of every seed, sensitivity |θ·g| over "
                    f"{study.pruning.batches} training batches, BLEU on {study.pruning.set} after zeroing the "
-                   f"{', '.join(map(number, study.pruning.levels))} % least sensitive non-embedding weights.\n"
+                   f"{', '.join(map(number, study.pruning.levels))} % {pruned_first} non-embedding weights.\n"
                    if study.pruning else "")
         return ("### Design\n\n" + (study.report.design + "\n" if study.report.design else "")
                 + f"- **Budget**: {budget}.\n- **Grid** (seed {study.selection.seeds[0]}): {grids}; an axis whose best "
@@ -203,13 +314,16 @@ class Report:
             figure = Figure(figsize=(6, 4), layout="constrained")
             axes = figure.subplots()
             for i, (opt, run) in enumerate(self.result.pair.items()):
-                rows = self.result.records[run]["pruning"]
-                axes.plot([r["prune_percent"] for r in rows], [r["bleu"] for r in rows], marker="o", color=f"C{i}",
-                          label=f"{self.labels[opt]} seed {run.seed}")
-            axes.set_xlabel("% of non-embedding weights pruned (least sensitive first)")
+                for j, name in enumerate(self.study.pruning.by):
+                    rows = [r for r in self.result.records[run]["pruning"] if criterion(r) == name]
+                    axes.plot([r["prune_percent"] for r in rows], [r["bleu"] for r in rows], marker="o", color=f"C{i}",
+                              linestyle=LINE_STYLES[j], label=f"{self.labels[opt]} seed {run.seed}"
+                              + (f", {name}" if len(self.study.pruning.by) > 1 else ""))
+            pruned_first = " or ".join(PRUNED_FIRST[name] for name in self.study.pruning.by)
+            axes.set_xlabel(f"% of non-embedding weights pruned ({pruned_first} first)")
             axes.set_ylabel(f"BLEU on {self.study.pruning.set}")
             axes.legend()
-            drawn.append(self.save(figure, folder, "pruning.png", "BLEU after zeroing the least sensitive non-embedding "
+            drawn.append(self.save(figure, folder, "pruning.png", f"BLEU after zeroing the {pruned_first} non-embedding "
                                    "weights of each optimizer's best seed."))
         return drawn
 
@@ -226,7 +340,8 @@ class Report:
                   f"**Partial results:** {len(self.result.records)} of at least {total or len(self.result.grid)} runs "
                   "recorded; the verdict is written when every seed of every best setting is.")
         figure_text = "".join(f"![{name}]({figure_folder}/{name})\n\n{caption}\n\n" for name, caption in figures)
-        sections = [self.verdict_section(), self.scores_section(), self.cost_section(), self.design_section(),
+        sections = [self.verdict_section(), self.scores_section(), self.target_section(), self.prunability_section(),
+                    self.sensitivity_section(), self.cost_section(), self.design_section(),
                     self.grid_section(), "### Figures\n\n" + (figure_text or "None yet.\n")]
         return (f"# {self.study.report.title}\n\n<!-- written by fairseq-sage-study report {config_shown}: "
                 "do not edit by hand -->\n\n" + (self.study.report.intro + "\n\n" if self.study.report.intro else "")

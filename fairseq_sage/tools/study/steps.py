@@ -167,19 +167,23 @@ class RunSteps:
         return result
 
     def prune(self) -> dict:
-        """The sensitivity per layer type and BLEU after pruning the least sensitive weights at each level."""
+        """The sensitivity per layer type, its zero-sensitivity weights by cause (where the analysis writes
+        them) and BLEU after pruning at each level by each of pruning.by's criteria."""
         folder = self.dir / "analysis"
         if (self.dir / "pruning.json").is_file():
             return json.loads((self.dir / "pruning.json").read_text())
         pruning, data = self.study.pruning, self.study.data
         post = ["--post-process", data.post_process] if data.post_process else []
+        by = [] if pruning.by == ["sensitivity"] else ["--prune-by", ",".join(pruning.by)]  # the analysis' default
         command(self.dir, "prune", [sys.executable, "-m", "fairseq_sage.tools.analysis", str(self.config.data_bin),
                                     "--path", str(self.checkpoint(pruning.model)), "--cpu",
                                     "--prune-levels", ",".join(f"{v:g}" for v in pruning.levels),
                                     "--gen-subset", data.sets[pruning.set].subset, "--num-batches", str(pruning.batches),
-                                    *post, "--output-dir", str(folder)])
+                                    *by, *post, "--output-dir", str(folder)])
         result = {"pruning": read_csv(folder / "pruning_bleu.csv"),
                   "sensitivity_by_type": read_csv(folder / "sensitivity_by_type.csv")}
+        if (folder / "zero_sensitivity.csv").is_file():
+            result["zero_sensitivity"] = read_csv(folder / "zero_sensitivity.csv")
         write_atomic(self.dir / "pruning.json", json.dumps(result) + "\n")
         return result
 
@@ -208,9 +212,13 @@ class RunSteps:
         return self.record_path
 
 
+TEXT_COLUMNS = ("type", "criterion", "cause")
+
+
 def read_csv(path: Path) -> List[dict]:
+    """The rows of a CSV file, numbers as floats and names (type, criterion, cause) as text."""
     with open(path, newline="") as handle:
-        return [{k: (float(v) if k != "type" else v) for k, v in row.items()} for row in csv.DictReader(handle)]
+        return [{k: (v if k in TEXT_COLUMNS else float(v)) for k, v in row.items()} for row in csv.DictReader(handle)]
 
 
 def complete_run(config_path: str, run: Run, max_update: int, train_only: bool = False, name: str = None) -> str:
