@@ -156,6 +156,16 @@ def eps_entry(flag: str, help: str) -> HyperParameter:
 WEIGHT_DECAY = HyperParameter("weight_decay", 0.0, "nonnegative", "--weight-decay", "decoupled weight decay")
 
 
+def _adam_moments_foreach(states: Dict[str, List[Tensor]], grads: List[Tensor], beta1: float, beta2: float):
+    """Adam's moments, in place: m ← β1·m + (1−β1)·g, v ← β2·v + (1−β2)·g²; returns (m, v)."""
+    exp_avgs, exp_avg_sqs = states["exp_avg"], states["exp_avg_sq"]
+    torch._foreach_mul_(exp_avgs, beta1)
+    torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+    return exp_avgs, exp_avg_sqs
+
+
 def adam_step_foreach(
     constants: Constants, grads: List[Tensor], states: Dict[str, List[Tensor]], coefficients: Sequence[Scalars]
 ) -> Steps:
@@ -164,11 +174,7 @@ def adam_step_foreach(
         m ← β1·m + (1−β1)·g,   v ← β2·v + (1−β2)·g²,   numerator = m,   denominator = √v + eps.
     """
     beta1, beta2 = constants.betas
-    exp_avgs, exp_avg_sqs = states["exp_avg"], states["exp_avg_sq"]
-    torch._foreach_mul_(exp_avgs, beta1)
-    torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
-    torch._foreach_mul_(exp_avg_sqs, beta2)
-    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+    exp_avgs, exp_avg_sqs = _adam_moments_foreach(states, grads, beta1, beta2)
     denominators = torch._foreach_sqrt(exp_avg_sqs)
     torch._foreach_add_(denominators, constants.eps)
     return exp_avgs, denominators
@@ -280,11 +286,7 @@ def nadam_step_foreach(
     """
     gradient_weights, momentum_weights, corrections = coefficients
     beta1, beta2 = constants.betas
-    exp_avgs, exp_avg_sqs = states["exp_avg"], states["exp_avg_sq"]
-    torch._foreach_mul_(exp_avgs, beta1)
-    torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
-    torch._foreach_mul_(exp_avg_sqs, beta2)
-    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+    exp_avgs, exp_avg_sqs = _adam_moments_foreach(states, grads, beta1, beta2)
     numerators = torch._foreach_mul(grads, gradient_weights)
     torch._foreach_add_(numerators, torch._foreach_mul(exp_avgs, momentum_weights))
     denominators = torch._foreach_div(exp_avg_sqs, corrections)
