@@ -89,11 +89,11 @@ def _cause_masks(sensitivity: Dict[str, Tensor], record: ActivityRecord) -> Dict
     for block, firings in record.unit_firings.items():
         prefix = f"{block}." if block else ""
         dead = (firings == 0).cpu()
-        for name, select in ((f"{prefix}fc1.weight", lambda d, s: d[:, None].expand(s)),
-                             (f"{prefix}fc1.bias", lambda d, s: d),
-                             (f"{prefix}fc2.weight", lambda d, s: d[None, :].expand(s))):
+        # a unit is a row of fc1's weight, an element of fc1's bias, a column of fc2's weight
+        for name, unit_mask in ((f"{prefix}fc1.weight", dead[:, None]), (f"{prefix}fc1.bias", dead),
+                                (f"{prefix}fc2.weight", dead[None, :])):
             if name in sensitivity:
-                masks.setdefault(name, {})["dead_relu_unit"] = select(dead, sensitivity[name].shape)
+                masks.setdefault(name, {})["dead_relu_unit"] = unit_mask.expand(sensitivity[name].shape)
     for module, counts in record.token_counts.items():
         name = f"{module}.weight"
         if name in sensitivity:
