@@ -99,7 +99,7 @@ def test_sensitivity_table_covers_every_weight_by_type(analysis, loaded):
     assert float(rows[1]["p50"]) > 0  # attention weights of a trained model carry signal
 
 
-def test_pruning_table_has_a_row_per_criterion_and_level(analysis):
+def test_pruning_table_has_a_row_per_criterion_and_level(analysis, loaded):
     rows = read_csv(analysis[0] / "pruning_bleu.csv")
     assert list(rows[0]) == ["criterion", "prune_percent", "pruned_weights", "prunable_weights",
                              "sensitivity_threshold", "magnitude_threshold", "bleu"]
@@ -113,6 +113,10 @@ def test_pruning_table_has_a_row_per_criterion_and_level(analysis):
         assert float(ours["sensitivity_threshold"]) <= float(theirs["sensitivity_threshold"])
         assert float(theirs["magnitude_threshold"]) <= float(ours["magnitude_threshold"])
     assert by_sensitivity[0]["bleu"] == by_magnitude[0]["bleu"]  # nothing pruned: the same model
+    magnitudes = np.sort(np.concatenate([p.detach().abs().flatten().numpy() for n, p in loaded[0].named_parameters()
+                                         if parameter_type(n) != "embeddings"]))
+    for row in by_magnitude[1:]:  # the largest |θ| pruned is the k-th smallest of the original weights
+        assert float(row["magnitude_threshold"]) == pytest.approx(magnitudes[int(row["pruned_weights"]) - 1], rel=1e-6)
     assert [float(r["magnitude_threshold"]) for r in by_magnitude][0] == 0.0
     assert "pruned 40% by magnitude (" in analysis[1]
 

@@ -223,9 +223,12 @@ def pruning_curve(
     params = dict(model.named_parameters())
     original = {name: params[name].detach().clone() for name in pruning_scores("sensitivity", sensitivity, params)}
     magnitude = pruning_scores("magnitude", sensitivity, params)
+    # ranked before any weight is pruned: a magnitude ranking must see the original weights
+    rankings = {
+        criterion: SensitivityRanking(pruning_scores(criterion, sensitivity, params)) for criterion in criteria
+    }
     rows, unpruned = [], None
-    for criterion in criteria:
-        ranking = SensitivityRanking(pruning_scores(criterion, sensitivity, params))
+    for criterion, ranking in rankings.items():
         for percent in levels:
             _copy_into(params, original)
             masks = ranking.least_sensitive(percent)
