@@ -5,19 +5,24 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import sacrebleu
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from conftest import REPO, USER_DIR, run_fairseq, train_args
 from fairseq_sage.tools.analysis.cli import (
-    AnalysisError, cli_main, load_model, parse_prune_levels, training_batches,
+    AnalysisError, cli_main, load_model, parse_prune_by, parse_prune_levels, training_batches,
 )
-from fairseq_sage.tools.analysis.pruning import SensitivityRanking, prunable, prune_
+from fairseq_sage.tools.analysis.pruning import SensitivityRanking, prunable, prune_, pruning_scores
 from fairseq_sage.tools.analysis.sensitivity import average_sensitivity, parameter_type
+from fairseq_sage.tools.analysis.zero_sensitivity import record_activity, zero_sensitivity_causes
 
 MAX_TOKENS = 1000
 LEVELS = [0.0, 20.0, 40.0]
+NUM_BATCHES, SEED = 3, 1
 LAYER_TYPES = [
     "embeddings", "self_attn_q", "self_attn_k", "self_attn_v", "self_attn_out", "enc_dec_attn",
     "ffn_fc1", "ffn_fc2", "layer_norm", "output_projection",
@@ -42,8 +47,9 @@ def analysis(toy_data_bin, checkpoint, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("analysis") / "out"
     proc = subprocess.run(
         [sys.executable, "-m", "fairseq_sage.tools.analysis", toy_data_bin, "--path", checkpoint,
-         "--user-dir", USER_DIR, "--num-batches", "3", "--max-tokens", str(MAX_TOKENS),
-         "--prune-levels", ",".join(f"{p:g}" for p in LEVELS), "--output-dir", output_dir,
+         "--user-dir", USER_DIR, "--num-batches", str(NUM_BATCHES), "--max-tokens", str(MAX_TOKENS),
+         "--prune-levels", ",".join(f"{p:g}" for p in LEVELS), "--prune-by", "sensitivity,magnitude",
+         "--output-dir", output_dir, "--seed", str(SEED),
          "--beam", "5", "--gen-subset", "valid", "--cpu"],
         capture_output=True, text=True, cwd=REPO,
     )
@@ -68,6 +74,7 @@ def test_writes_both_tables_and_figures_and_nothing_else(analysis):
     names = sorted(p.name for p in output_dir.iterdir())
     assert names == [
         "pruning_bleu.csv", "pruning_bleu.png", "sensitivity_by_type.csv", "sensitivity_by_type.png",
+        "zero_sensitivity.csv",
     ]
     for name in ("pruning_bleu.png", "sensitivity_by_type.png"):
         data = (output_dir / name).read_bytes()
@@ -92,10 +99,32 @@ def test_sensitivity_table_covers_every_weight_by_type(analysis, loaded):
     assert float(rows[1]["p50"]) > 0  # attention weights of a trained model carry signal
 
 
+def test_pruning_table_has_a_row_per_criterion_and_level(analysis, loaded):
+    rows = read_csv(analysis[0] / "pruning_bleu.csv")
+    assert list(rows[0]) == ["criterion", "prune_percent", "pruned_weights", "prunable_weights",
+                             "sensitivity_threshold", "magnitude_threshold", "bleu"]
+    assert [(r["criterion"], float(r["prune_percent"])) for r in rows] == [
+        (criterion, level) for criterion in ("sensitivity", "magnitude") for level in LEVELS]
+    by_sensitivity, by_magnitude = rows[:len(LEVELS)], rows[len(LEVELS):]
+    for ours, theirs in zip(by_sensitivity, by_magnitude):
+        assert ours["pruned_weights"] == theirs["pruned_weights"]
+        assert ours["prunable_weights"] == theirs["prunable_weights"]
+        # each ranking prunes the smallest scores of its own kind first
+        assert float(ours["sensitivity_threshold"]) <= float(theirs["sensitivity_threshold"])
+        assert float(theirs["magnitude_threshold"]) <= float(ours["magnitude_threshold"])
+    assert by_sensitivity[0]["bleu"] == by_magnitude[0]["bleu"]  # nothing pruned: the same model
+    magnitudes = np.sort(np.concatenate([p.detach().abs().flatten().numpy() for n, p in loaded[0].named_parameters()
+                                         if parameter_type(n) != "embeddings"]))
+    for row in by_magnitude[1:]:  # the largest |θ| pruned is the k-th smallest of the original weights
+        assert float(row["magnitude_threshold"]) == pytest.approx(magnitudes[int(row["pruned_weights"]) - 1], rel=1e-6)
+    assert [float(r["magnitude_threshold"]) for r in by_magnitude][0] == 0.0
+    assert "pruned 40% by magnitude (" in analysis[1]
+
+
 def test_pruning_table_counts_and_bleu_at_zero_match_fairseq_generate(
     analysis, loaded, toy_data_bin, checkpoint
 ):
-    rows = read_csv(analysis[0] / "pruning_bleu.csv")
+    rows = [r for r in read_csv(analysis[0] / "pruning_bleu.csv") if r["criterion"] == "sensitivity"]
     assert [float(r["prune_percent"]) for r in rows] == LEVELS
     non_embedding = sum(
         p.numel() for n, p in loaded[0].named_parameters() if parameter_type(n) != "embeddings"
@@ -119,7 +148,8 @@ def test_pruning_table_counts_and_bleu_at_zero_match_fairseq_generate(
     expected = sacrebleu.corpus_bleu([hypotheses[i] for i in order], [[references[i] for i in order]]).score
     assert float(rows[0]["bleu"]) == pytest.approx(expected, abs=1e-9)
     assert expected > 5, "the test model learned too little for a meaningful comparison"
-    assert f"pruned 0% (0 of {non_embedding} non-embedding weights): BLEU {expected:.2f}" in analysis[1]
+    assert (f"pruned 0% by sensitivity (0 of {non_embedding} non-embedding weights): BLEU {expected:.2f}"
+            in analysis[1])
 
 
 def test_sensitivity_is_the_mean_of_theta_times_gradient_over_batches(loaded):
@@ -172,6 +202,106 @@ def test_pruning_zeroes_the_least_sensitive_non_embedding_weights(loaded):
                 p.copy_(before[name])
 
 
+def test_magnitude_pruning_zeroes_the_smallest_non_embedding_weights(loaded):
+    model, task, criterion = loaded
+    params = dict(model.named_parameters())
+    sensitivity = {name: torch.rand_like(p) for name, p in params.items()}  # must not matter
+    masks = SensitivityRanking(pruning_scores("magnitude", sensitivity, params)).least_sensitive(65)
+
+    names = [n for n in params if parameter_type(n) != "embeddings"]
+    magnitudes = np.concatenate([params[n].detach().abs().flatten().numpy() for n in names])
+    chosen = np.argsort(magnitudes, kind="stable")[: round(0.65 * magnitudes.size)]
+    expected = np.zeros(magnitudes.size, dtype=bool)
+    expected[chosen] = True
+    assert list(masks) == names
+    assert np.array_equal(np.concatenate([masks[n].flatten().numpy() for n in names]), expected)
+
+
+def test_log10_spread_per_type_matches_numpy(analysis, toy_data_bin, checkpoint):
+    model, task, criterion = load_model(toy_data_bin, checkpoint, None)  # fresh: the CLI's first epoch's batches
+    task.load_dataset("train")
+    batches = training_batches(task, model, NUM_BATCHES, MAX_TOKENS, SEED)
+    sensitivity = average_sensitivity(model, criterion, batches)
+    rows = {r["type"]: r for r in read_csv(analysis[0] / "sensitivity_by_type.csv")}
+    for kind in LAYER_TYPES:
+        values = np.concatenate([v.double().flatten().numpy() for n, v in sensitivity.items()
+                                 if parameter_type(n) == kind])
+        logs = np.log10(values[values > 0])
+        q25, q75 = np.percentile(logs, [25, 75])
+        assert float(rows[kind]["log10_var"]) == pytest.approx(np.mean((logs - logs.mean()) ** 2), rel=1e-5)
+        assert float(rows[kind]["log10_iqr"]) == pytest.approx(q75 - q25, rel=1e-5)
+        assert float(rows[kind]["zero_fraction"]) == pytest.approx(np.mean(values == 0), abs=1e-12)
+
+
+def test_zero_sensitivity_table_adds_up_to_the_zero_fractions(analysis):
+    zeros = read_csv(analysis[0] / "zero_sensitivity.csv")
+    summary = {r["type"]: r for r in read_csv(analysis[0] / "sensitivity_by_type.csv")}
+    assert list(zeros[0]) == ["type", "cause", "weights", "fraction_of_type"]
+    expected_causes = {"ffn_fc1": ["dead_relu_unit", "other"], "ffn_fc2": ["dead_relu_unit", "other"],
+                       "embeddings": ["unused_embedding_row", "other"]}
+    assert [(r["type"], r["cause"]) for r in zeros] == [
+        (kind, cause) for kind in LAYER_TYPES for cause in expected_causes.get(kind, ["other"])]
+    for kind in LAYER_TYPES:
+        own = [r for r in zeros if r["type"] == kind]
+        count = int(summary[kind]["count"])
+        assert all(float(r["fraction_of_type"]) == pytest.approx(int(r["weights"]) / count) for r in own)
+        assert sum(int(r["weights"]) for r in own) == round(float(summary[kind]["zero_fraction"]) * count)
+    unused = next(r for r in zeros if r["cause"] == "unused_embedding_row")
+    assert int(unused["weights"]) > 0  # the toy vocabulary is not all in 3 batches' sources
+
+
+class TinyFeedForward(nn.Module):
+    """Embedding, one ReLU feed-forward block, output projection: fairseq's parameter names."""
+
+    def __init__(self, vocab=10, dim=4, hidden=6):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(vocab, dim)
+        self.layers = nn.ModuleList([nn.Module()])
+        block = self.layers[0]
+        block.fc1, block.fc2, block.activation_fn = nn.Linear(dim, hidden), nn.Linear(hidden, dim), F.relu
+        self.output_projection = nn.Linear(dim, vocab, bias=False)
+
+    def forward(self, tokens):
+        x = self.embed_tokens(tokens)
+        block = self.layers[0]
+        return self.output_projection(x + block.fc2(block.activation_fn(block.fc1(x))))
+
+
+def tiny_criterion(model, batch):
+    logits = model(batch["net_input"]["src_tokens"])
+    loss = F.cross_entropy(logits.flatten(0, 1), batch["target"].flatten(), reduction="sum")
+    return loss, batch["target"].numel(), {}
+
+
+def test_dead_relu_units_and_unused_rows_are_attributed():
+    torch.manual_seed(0)
+    model = TinyFeedForward()
+    fc1, fc2 = model.layers[0].fc1, model.layers[0].fc2
+    with torch.no_grad():
+        fc1.weight[2] = -1.0  # unit 2 cannot fire: the ReLU's input is < -50 for any embedding
+        fc1.bias[2] = -50.0
+    tokens = torch.tensor([[0, 1, 2, 3], [4, 5, 1, 0]])  # ids 6..9 never occur
+    batch = {"net_input": {"src_tokens": tokens}, "target": tokens.flip(1)}
+    with record_activity(model) as activity:
+        sensitivity = average_sensitivity(model, tiny_criterion, [batch, batch])
+    assert activity.unit_firings["layers.0"][2] == 0 and activity.unit_firings["layers.0"].sum() > 0
+    rows = {(r["type"], r["cause"]): r["weights"] for r in zero_sensitivity_causes(sensitivity, activity)}
+
+    zeros = {name: int((values == 0).sum()) for name, values in sensitivity.items()}
+    dead_fc1 = 4 + 1  # the unit's row of fc1's weight, and its bias
+    assert torch.all(sensitivity["layers.0.fc1.weight"][2] == 0) and sensitivity["layers.0.fc1.bias"][2] == 0
+    assert torch.all(sensitivity["layers.0.fc2.weight"][:, 2] == 0)
+    assert torch.all(sensitivity["embed_tokens.weight"][6:] == 0)
+    assert rows[("ffn_fc1", "dead_relu_unit")] == dead_fc1
+    assert rows[("ffn_fc1", "other")] == zeros["layers.0.fc1.weight"] + zeros["layers.0.fc1.bias"] - dead_fc1
+    assert rows[("ffn_fc2", "dead_relu_unit")] == 4
+    assert rows[("ffn_fc2", "other")] == zeros["layers.0.fc2.weight"] + zeros["layers.0.fc2.bias"] - 4
+    assert rows[("embeddings", "unused_embedding_row")] == 4 * 4
+    assert rows[("embeddings", "other")] == zeros["embed_tokens.weight"] - 16
+    assert rows[("output_projection", "other")] == zeros["output_projection.weight"]
+    assert not fc1._forward_hooks and not model.embed_tokens._forward_hooks  # hooks removed
+
+
 def test_ranking_breaks_ties_by_position():
     ranking = SensitivityRanking(
         {"a": torch.tensor([0.0, 1.0, 1.0]), "b": torch.tensor([[1.0, 0.0], [2.0, 3.0]])}
@@ -204,7 +334,16 @@ def test_parameter_types(name, kind):
     assert parameter_type(name) == kind
 
 
+def test_parse_prune_by():
+    assert parse_prune_by("sensitivity,magnitude") == ["sensitivity", "magnitude"]
+    assert parse_prune_by("magnitude") == ["magnitude"]
+    for bad in ("", "size", "magnitude,magnitude", "sensitivity,"):
+        with pytest.raises(AnalysisError, match="--prune-by"):
+            parse_prune_by(bad)
+
+
 def test_parse_prune_levels():
+    assert parse_prune_levels("0,20,40,50,60,65,70,75,80,90") == [0, 20, 40, 50, 60, 65, 70, 75, 80, 90]
     assert parse_prune_levels("0,5,12.5") == [0.0, 5.0, 12.5]
     for bad in ("", "5,x", "-1", "100", "5,5"):
         with pytest.raises(AnalysisError, match="--prune-levels"):
@@ -215,6 +354,7 @@ def test_parse_prune_levels():
     ("no_checkpoint", "--path {missing}/checkpoint.pt: no such checkpoint file"),
     ("no_data", "DATA_BIN {missing}: no such directory"),
     ("bad_levels", "--prune-levels '10,x'"),
+    ("bad_criterion", "--prune-by 'size': expected a comma-separated list of distinct criteria"),
     ("no_subset", "--gen-subset test7: DATA_BIN {data} has no 'test7' split"),
     ("zero_batches", "--num-batches must be >= 1, got 0"),
 ])
@@ -224,6 +364,7 @@ def test_bad_input_stops_with_one_line(case, message, toy_data_bin, checkpoint, 
         "no_checkpoint": [toy_data_bin, "--path", missing / "checkpoint.pt"],
         "no_data": [missing, "--path", checkpoint],
         "bad_levels": [toy_data_bin, "--path", checkpoint, "--prune-levels", "10,x"],
+        "bad_criterion": [toy_data_bin, "--path", checkpoint, "--prune-by", "size"],
         "no_subset": [toy_data_bin, "--path", checkpoint, "--gen-subset", "test7"],
         "zero_batches": [toy_data_bin, "--path", checkpoint, "--num-batches", "0"],
     }[case]

@@ -4,8 +4,11 @@ For a trained fairseq translation model it writes, into ``--output-dir``:
 
 - ``sensitivity_by_type.csv`` / ``.png``: the distribution of the weights' sensitivity |θ·g|
   (averaged over ``--num-batches`` training batches) per layer type (Fig. 2 of Liang et al., 2022);
-- ``pruning_bleu.csv`` / ``.png``: BLEU on ``--gen-subset`` after setting the p % least sensitive
-  non-embedding weights to zero, for each p of ``--prune-levels`` (their Fig. 3).
+- ``zero_sensitivity.csv``: the weights of zero sensitivity per layer type and cause (dead ReLU
+  units, unused embedding rows, other);
+- ``pruning_bleu.csv`` / ``.png``: BLEU on ``--gen-subset`` after setting the p % non-embedding
+  weights of lowest sensitivity (or magnitude, ``--prune-by``) to zero, for each p of
+  ``--prune-levels`` (their Fig. 3).
 
 See docs/analysis.md.
 """
@@ -26,13 +29,14 @@ from fairseq.tasks.translation import TranslationTask
 from ... import fairseq as _plugin  # noqa: F401  (our optimizers and fairseq's hardened checkpoint loader)
 
 from .bleu import corpus_bleu, translate_subset
-from .pruning import SensitivityRanking, prunable, prune_
+from .pruning import PRUNING_CRITERIA, SensitivityRanking, prune_, pruning_scores
 from .report import plot_pruning_curve, plot_sensitivity_by_type, write_csv
 from .sensitivity import average_sensitivity, sensitivity_by_type, summarize
+from .zero_sensitivity import record_activity, zero_sensitivity_causes
 from ..writable import why_not_writable
 
 __all__ = [
-    "AnalysisError", "cli_main", "get_parser", "load_model", "parse_prune_levels",
+    "AnalysisError", "cli_main", "get_parser", "load_model", "parse_prune_by", "parse_prune_levels",
     "pruning_curve", "run_analysis", "training_batches",
 ]
 
@@ -56,6 +60,16 @@ def parse_prune_levels(text: str) -> List[float]:
     return levels
 
 
+def parse_prune_by(text: str) -> List[str]:
+    """'sensitivity,magnitude' as ['sensitivity', 'magnitude']: criteria of
+    :data:`.pruning.PRUNING_CRITERIA`, without repeats."""
+    criteria = [item.strip() for item in text.split(",")]
+    if any(c not in PRUNING_CRITERIA for c in criteria) or len(set(criteria)) != len(criteria):
+        raise AnalysisError(f"--prune-by {text!r}: expected a comma-separated list of distinct criteria "
+                            f"among {','.join(PRUNING_CRITERIA)}")
+    return criteria
+
+
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -72,6 +86,9 @@ def get_parser() -> argparse.ArgumentParser:
         help="tokens per batch, for the sensitivity and for translation (default: 4096)")
     add("--prune-levels", default="0,5,10,15,20,25,30,35,40",
         help="percentages of non-embedding weights to prune (default: 0,5,...,40)")
+    add("--prune-by", default="sensitivity",
+        help="what the weights are ranked by for pruning, a comma-separated list of "
+        f"{', '.join(PRUNING_CRITERIA)} (default: sensitivity)")
     add("--gen-subset", default="valid", help="subset translated for BLEU (default: valid)")
     add("--beam", type=int, default=5, help="beam size (default: 5)")
     add("--post-process", "--remove-bpe", nargs="?", const="subword_nmt", default=None,
@@ -157,6 +174,7 @@ def training_batches(task, model, count: int, max_tokens: int, seed: int) -> Lis
 def run_analysis(args: argparse.Namespace) -> Path:
     """Run the whole analysis of ``args`` (see :func:`get_parser`); return the output folder."""
     levels = parse_prune_levels(args.prune_levels)
+    criteria = parse_prune_by(args.prune_by)
     for flag in ("num_batches", "max_tokens", "beam"):
         if getattr(args, flag) < 1:
             raise AnalysisError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
@@ -177,7 +195,8 @@ def run_analysis(args: argparse.Namespace) -> Path:
 
     batches = training_batches(task, model, args.num_batches, args.max_tokens, args.seed)
     on_device = (utils.move_to_cuda(b, device=device) if device.type == "cuda" else b for b in batches)
-    sensitivity = average_sensitivity(model, criterion, on_device)
+    with record_activity(model) as activity:
+        sensitivity = average_sensitivity(model, criterion, on_device)
     by_type = sensitivity_by_type(sensitivity)
     summary = [{"type": kind, **summarize(values)} for kind, values in by_type.items()]
     write_csv(output_dir / "sensitivity_by_type.csv", summary)
@@ -185,43 +204,62 @@ def run_analysis(args: argparse.Namespace) -> Path:
                              f"{model_name}: sensitivity per layer type")
     print(f"{PROG}: sensitivity over {len(batches)} training batch(es) of <= {args.max_tokens} "
           f"tokens: {output_dir / 'sensitivity_by_type.csv'}")
+    write_csv(output_dir / "zero_sensitivity.csv", zero_sensitivity_causes(sensitivity, activity))
 
-    rows = pruning_curve(model, task, sensitivity, levels, args)
+    rows = pruning_curve(model, task, sensitivity, criteria, levels, args)
     write_csv(output_dir / "pruning_bleu.csv", rows)
     plot_pruning_curve(output_dir / "pruning_bleu.png", rows,
-                       f"{model_name}: one-shot pruning by sensitivity, {args.gen_subset}, "
-                       f"beam {args.beam}")
+                       f"{model_name}: one-shot pruning, {args.gen_subset}, beam {args.beam}")
     return output_dir
 
 
 def pruning_curve(
-    model, task, sensitivity: Dict[str, torch.Tensor], levels: Sequence[float], args
+    model, task, sensitivity: Dict[str, torch.Tensor], criteria: Sequence[str], levels: Sequence[float], args
 ) -> List[dict]:
-    """BLEU of ``model`` with each percentage of ``levels`` of its least sensitive non-embedding
-    weights set to zero (one global ranking); the model's weights are restored afterwards."""
+    """BLEU of ``model`` with, for each criterion of ``criteria`` and each percentage of ``levels``,
+    that percentage of its non-embedding weights of lowest score set to zero (one global ranking
+    per criterion); the model's weights are restored afterwards. The unpruned model is translated
+    once, whatever the number of criteria."""
     params = dict(model.named_parameters())
-    ranking = SensitivityRanking(prunable(sensitivity))
-    original = {name: params[name].detach().clone() for name in ranking.shapes}
-    rows = []
-    for percent in levels:
-        _copy_into(params, original)
-        pruned = prune_(params, ranking.least_sensitive(percent))
-        hypotheses, references = translate_subset(
-            task, model, args.gen_subset, args.beam, args.max_tokens, args.post_process
-        )
-        bleu, signature = corpus_bleu(hypotheses, references)
-        rows.append({
-            "prune_percent": percent,
-            "pruned_weights": pruned,
-            "prunable_weights": ranking.size,
-            "sensitivity_threshold": ranking.threshold(percent),
-            "bleu": bleu,
-        })
-        print(f"{PROG}: pruned {percent:g}% ({pruned} of {ranking.size} non-embedding weights): "
-              f"BLEU {bleu:.2f} on {args.gen_subset} ({len(hypotheses)} sentences)", flush=True)
+    original = {name: params[name].detach().clone() for name in pruning_scores("sensitivity", sensitivity, params)}
+    magnitude = pruning_scores("magnitude", sensitivity, params)
+    # ranked before any weight is pruned: a magnitude ranking must see the original weights
+    rankings = {
+        criterion: SensitivityRanking(pruning_scores(criterion, sensitivity, params)) for criterion in criteria
+    }
+    rows, unpruned = [], None
+    for criterion, ranking in rankings.items():
+        for percent in levels:
+            _copy_into(params, original)
+            masks = ranking.least_sensitive(percent)
+            pruned = prune_(params, masks)
+            if pruned or unpruned is None:
+                hypotheses, references = translate_subset(
+                    task, model, args.gen_subset, args.beam, args.max_tokens, args.post_process
+                )
+                bleu, signature = corpus_bleu(hypotheses, references)
+                unpruned = unpruned if pruned else bleu
+            else:
+                bleu = unpruned
+            rows.append({
+                "criterion": criterion,
+                "prune_percent": percent,
+                "pruned_weights": pruned,
+                "prunable_weights": ranking.size,
+                "sensitivity_threshold": _largest_selected(sensitivity, masks),
+                "magnitude_threshold": _largest_selected(magnitude, masks),
+                "bleu": bleu,
+            })
+            print(f"{PROG}: pruned {percent:g}% by {criterion} ({pruned} of {ranking.size} non-embedding "
+                  f"weights): BLEU {bleu:.2f} on {args.gen_subset} ({len(hypotheses)} sentences)", flush=True)
     _copy_into(params, original)
     print(f"{PROG}: BLEU signature: {signature}")
     return rows
+
+
+def _largest_selected(values: Dict[str, torch.Tensor], masks: Dict[str, torch.Tensor]) -> float:
+    """The largest element of ``values`` selected by ``masks`` (0.0 if none is)."""
+    return max((float(values[name][mask].max()) for name, mask in masks.items() if mask.any()), default=0.0)
 
 
 @torch.no_grad()
@@ -237,4 +275,5 @@ def cli_main(argv: Optional[Sequence[str]] = None) -> None:
         output_dir = run_analysis(args)
     except AnalysisError as err:
         sys.exit(f"{PROG}: error: {err}")
-    print(f"{PROG}: wrote {output_dir}/sensitivity_by_type.{{csv,png}} and pruning_bleu.{{csv,png}}")
+    print(f"{PROG}: wrote {output_dir}/sensitivity_by_type.{{csv,png}}, zero_sensitivity.csv "
+          "and pruning_bleu.{csv,png}")

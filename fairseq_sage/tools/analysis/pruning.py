@@ -1,4 +1,5 @@
-"""One-shot pruning by sensitivity: set the least sensitive weights of a model to zero."""
+"""One-shot pruning: set the weights of a model with the lowest score to zero, the score being
+the sensitivity |θ·g| or, as the usual baseline, the magnitude |θ|."""
 
 from typing import Dict
 
@@ -7,7 +8,10 @@ from torch import Tensor
 
 from .sensitivity import parameter_type
 
-__all__ = ["UNPRUNED_TYPES", "SensitivityRanking", "prunable", "prune_"]
+__all__ = ["PRUNING_CRITERIA", "UNPRUNED_TYPES", "SensitivityRanking", "prunable", "prune_", "pruning_scores"]
+
+PRUNING_CRITERIA = ("sensitivity", "magnitude")
+"""The scores weights can be pruned by: the sensitivity |θ·g| and the magnitude |θ|."""
 
 UNPRUNED_TYPES = {"embeddings"}
 """Layer types that pruning leaves alone (see :data:`.sensitivity.PARAMETER_TYPES`)."""
@@ -20,8 +24,21 @@ def prunable(sensitivity: Dict[str, Tensor]) -> Dict[str, Tensor]:
     }
 
 
+def pruning_scores(
+    criterion: str, sensitivity: Dict[str, Tensor], params: Dict[str, Tensor]
+) -> Dict[str, Tensor]:
+    """The prunable weights' scores by ``criterion`` (one of :data:`PRUNING_CRITERIA`), by name, in
+    the order of ``sensitivity``: the sensitivity itself, or |θ| of ``params``."""
+    if criterion == "sensitivity":
+        return prunable(sensitivity)
+    if criterion == "magnitude":
+        return {name: params[name].detach().abs().float() for name in prunable(sensitivity)}
+    raise ValueError(f"unknown pruning criterion {criterion!r}; expected one of {', '.join(PRUNING_CRITERIA)}")
+
+
 class SensitivityRanking:
-    """The elements of several tensors ranked together by ascending sensitivity.
+    """The elements of several tensors ranked together by ascending sensitivity (or any other
+    score, e.g. the magnitude).
 
     ``sensitivity`` maps parameter names to tensors of the parameters' shapes. Ties are broken by
     position (the order of ``sensitivity``, then the elements' flat index), so every fraction

@@ -57,11 +57,15 @@ def plot_sensitivity_by_type(path: Path, values_by_type: Dict[str, np.ndarray], 
 
 
 def plot_pruning_curve(path: Path, rows: List[Dict[str, object]], title: str) -> None:
-    """BLEU against the percentage of (non-embedding) weights pruned, one marker per level."""
+    """BLEU against the percentage of (non-embedding) weights pruned, one line per pruning
+    criterion (the rows' ``criterion``), one marker per level."""
     figure = Figure(figsize=(6.0, 4.0), layout="constrained")
     axes = figure.subplots()
-    axes.plot([r["prune_percent"] for r in rows], [r["bleu"] for r in rows], marker="o")
-    axes.set_xlabel("least sensitive non-embedding weights set to zero (%)")
+    for criterion in dict.fromkeys(r["criterion"] for r in rows):
+        own = [r for r in rows if r["criterion"] == criterion]
+        axes.plot([r["prune_percent"] for r in own], [r["bleu"] for r in own], marker="o", label=f"by {criterion}")
+    axes.legend()
+    axes.set_xlabel("non-embedding weights of lowest score set to zero (%)")
     axes.set_ylabel("BLEU")
     axes.set_ylim(bottom=0)
     axes.set_title(title, fontsize=10)

@@ -92,8 +92,13 @@ def sensitivity_by_type(sensitivity: Dict[str, Tensor]) -> Dict[str, np.ndarray]
 
 
 def summarize(values: np.ndarray) -> Dict[str, float]:
-    """Count, fraction of zeros, mean, min, :data:`SUMMARY_QUANTILES` and max of ``values``."""
+    """Count, fraction of zeros, mean, min, :data:`SUMMARY_QUANTILES` and max of ``values``, then
+    the spread of the positive values on a log scale: the variance (population, ddof 0) and the
+    interquartile range (75th minus 25th percentile, linear interpolation) of log10 of the values
+    > 0 (NaN where none is), the concentration of the distribution that Fig. 2 of the paper shows."""
     quantiles = np.quantile(values, list(SUMMARY_QUANTILES.values()))
+    logs = np.log10(values[values > 0])
+    log_q25, log_q75 = np.quantile(logs, [0.25, 0.75]) if logs.size else (np.nan, np.nan)
     return {
         "count": int(values.size),
         "zero_fraction": float(np.mean(values == 0)),
@@ -101,4 +106,6 @@ def summarize(values: np.ndarray) -> Dict[str, float]:
         "min": float(values.min()),
         **{name: float(q) for name, q in zip(SUMMARY_QUANTILES, quantiles)},
         "max": float(values.max()),
+        "log10_var": float(np.var(logs)) if logs.size else float("nan"),
+        "log10_iqr": float(log_q75 - log_q25),
     }
