@@ -11,7 +11,7 @@ hyper-parameter, named as the entry declares it. The base optimizers' flags are 
 adapters log statistics of the SAGE multipliers (:mod:`fairseq_sage.optim.diagnostics`), unless
 ``--no-sage-diagnostics``.
 
-A resumed run (:meth:`_FairseqSAGE.load_state_dict`) runs with the hyper-parameters of its command
+A resumed run (:meth:`SageAdapterBase.load_state_dict`) runs with the hyper-parameters of its command
 line, as fairseq does for ``--lr``, and logs each one that differs from the checkpoint's optimizer
 state (``sage_beta0 0.8 -> 0.3``); each weight's state moves with its name, also when
 ``--sage-params`` now chooses other weights.
@@ -30,10 +30,12 @@ from fairseq.optim import FairseqOptimizer, register_optimizer
 from omegaconf import II, OmegaConf
 
 from ..optim.diagnostics import next_update_number, sage_statistics
-from ..optim.implementations import IMPLEMENTATIONS
+from ..optim.implementations import CLASS_IMPLEMENTATIONS
 from ..optim.named_state import align_by_name, group_names
 from ..optim.hyperparameters import HyperParameter
-from ..optim.optimizers import DEFAULT_SAGE_EPS, SAGE_OPTIMIZERS, check_hyperparameters
+from ..optim.hyperparameters import DEFAULT_SAGE_EPS
+from ..optim.optimizers import SAGE_OPTIMIZERS
+from ..optim.validation import check_hyperparameters
 from .errors import SageFlagError
 from .params import sage_param_groups
 
@@ -84,7 +86,7 @@ class SageModulationConfig(FairseqDataclass):
 
 @dataclass
 class SageConfig(SageModulationConfig):
-    sage_impl: ChoiceEnum(IMPLEMENTATIONS) = field(
+    sage_impl: ChoiceEnum(CLASS_IMPLEMENTATIONS) = field(
         default="auto",
         metadata={"help": "how the update is computed: auto (default) picks a fused C++ kernel for "
                   "CPU and a torch.compile'd one for CUDA, falling back to foreach where these "
@@ -134,8 +136,9 @@ def parse_betas(value: Any, flag: str) -> tuple:
     return betas
 
 
-class _FairseqSAGE(FairseqOptimizer):
-    """Builds ``optimizer_class`` from the flags, with one group per SAGE switch."""
+class SageAdapterBase(FairseqOptimizer):
+    """What every SAGE adapter (``--optimizer NAME_sage``, ``--optimizer sage``) shares: builds
+    ``optimizer_class`` from the flags, with one group per SAGE switch."""
 
     optimizer_class: type
     flag_names: Dict[str, str]
@@ -292,7 +295,7 @@ def flag_value(cfg, entry: HyperParameter) -> Any:
     return not value if negated(entry) else value
 
 
-class _FairseqBaseSAGE(_FairseqSAGE):
+class _FairseqBaseSAGE(SageAdapterBase):
     """The adapter of a SAGE torch class: its flags are its registry entry's hyper-parameters
     (``--lr`` is fairseq's own, which the lr scheduler follows)."""
 

@@ -41,11 +41,11 @@ import torch
 
 from ..optim.implementations import cpp_kernel_error
 from ..optim.wrapper import (
-    IMPLEMENTATIONS, SAGE, SAGE_STATE_KEYS, DecayRule, check_sage_hyperparameters, decoupled, register_decay_rule,
+    WRAPPER_IMPLEMENTATIONS, SAGE, SAGE_STATE_KEYS, DecayRule, check_sage_hyperparameters, decoupled, register_decay_rule,
 )
 from .errors import SageFlagError
 from .optimizers import (
-    NOT_RESUMED, RESET_HINT, SAGE_FLAG_NAMES, SageModulationConfig, _FairseqSAGE, config_value, log_changes,
+    NOT_RESUMED, RESET_HINT, SAGE_FLAG_NAMES, SageModulationConfig, SageAdapterBase, config_value, log_changes,
 )
 from .params import sage_param_groups
 
@@ -80,7 +80,7 @@ def why_not_wrappable(name: Optional[str]) -> Optional[str]:
     """Why ``--sage-base name`` cannot work, or None where it can."""
     if name not in OPTIMIZER_REGISTRY:
         return f"--sage-base {name!r} is not an optimizer registered in fairseq"
-    if issubclass(OPTIMIZER_REGISTRY[name], _FairseqSAGE):
+    if issubclass(OPTIMIZER_REGISTRY[name], SageAdapterBase):
         return f"--sage-base {name} applies SAGE itself"
     if name in NOT_WRAPPABLE:
         return f"--sage-base {name} cannot be wrapped: it {NOT_WRAPPABLE[name]}"
@@ -188,7 +188,7 @@ def foreign_state_error(base: torch.optim.Optimizer, groups: List[dict], state_d
 
 
 @register_optimizer("sage")
-class FairseqSAGE(_FairseqSAGE):
+class FairseqSAGE(SageAdapterBase):
     """SAGE (:class:`fairseq_sage.optim.wrapper.SAGE`) over the torch optimizer of ``--sage-base``."""
 
     @staticmethod
@@ -196,7 +196,7 @@ class FairseqSAGE(_FairseqSAGE):
         gen_parser_from_dataclass(parser, SageModulationConfig())
         parser.add_argument("--sage-base", metavar="NAME",
                             help="the fairseq optimizer SAGE modulates: " + ", ".join(wrappable_bases()))
-        parser.add_argument("--sage-impl", choices=IMPLEMENTATIONS, default="auto",
+        parser.add_argument("--sage-impl", choices=WRAPPER_IMPLEMENTATIONS, default="auto",
                             help="how the modulation is computed: auto (default) the fused C++ kernel "
                             "for CPU tensors it can take, foreach elsewhere; foreach; cpp (an error "
                             "where the kernel cannot be built)")
