@@ -14,7 +14,8 @@ is then built from its own defaults plus the flags given, and a flag that belong
 only is one clear error.
 
 fairseq's own optimizers tell :class:`~fairseq_sage.optim.wrapper.SAGE` how they decay weights
-(:data:`fairseq_sage.optim.wrapper.DECAY_RULES`): ``adam``, ``adamax`` and ``nag`` decouple it
+(:func:`register_decay_rules`, which the plugin calls, adds them to
+:data:`fairseq_sage.optim.wrapper.DECAY_RULES`): ``adam``, ``adamax`` and ``nag`` decouple it
 (θ·(1 − η·λ)), ``adafactor`` too (with its relative step size ρ where it has one, λ·ρ; with
 ``--scale-parameter`` and a weight decay it is refused); ``sgd`` and ``adagrad`` add λ·θ
 to the gradient. ``--zero-sharding os`` rebuilds the optimizer from its class and is refused.
@@ -49,7 +50,7 @@ from .optimizers import (
 )
 from .params import sage_param_groups
 
-__all__ = ["FairseqSAGE", "wrappable_bases"]
+__all__ = ["FairseqSAGE", "register_decay_rules", "wrappable_bases"]
 
 NOT_WRAPPABLE = {"composite": "steps one optimizer per parameter group; wrap one of them instead"}
 OPTIONAL_DEPENDENCIES = {"cpu_adam": "deepspeed", "lamb": "apex"}
@@ -71,9 +72,12 @@ def adafactor_unsupported(group: dict) -> Optional[str]:
     return None
 
 
-for decoupled_class in (Adam, Adamax, NAG):
-    register_decay_rule(decoupled_class, DecayRule(decoupled))
-register_decay_rule(Adafactor, DecayRule(adafactor_decay, adafactor_unsupported))
+def register_decay_rules() -> None:
+    """Add fairseq's optimizers to :data:`fairseq_sage.optim.wrapper.DECAY_RULES` (module doc); the
+    plugin calls it when fairseq loads the plugin, as SAGE looks the rules up by class."""
+    for decoupled_class in (Adam, Adamax, NAG):
+        register_decay_rule(decoupled_class, DecayRule(decoupled))
+    register_decay_rule(Adafactor, DecayRule(adafactor_decay, adafactor_unsupported))
 
 
 def why_not_wrappable(name: Optional[str]) -> Optional[str]:
