@@ -14,7 +14,7 @@ adapters log statistics of the SAGE multipliers (:mod:`fairseq_sage.optim.diagno
 A resumed run (:meth:`SageAdapterBase.load_state_dict`) runs with the hyper-parameters of its command
 line, as fairseq does for ``--lr``, and logs each one that differs from the checkpoint's optimizer
 state (``sage_beta0 0.8 -> 0.3``); each weight's state moves with its name, also when
-``--sage-params`` now chooses other weights.
+``--sage-params`` chooses other weights than the checkpoint's run did.
 """
 
 import ast
@@ -176,10 +176,10 @@ class SageAdapterBase(FairseqOptimizer):
         """Load a checkpoint's optimizer state, keeping this run's hyper-parameters.
 
         - Each weight's state moves with its name (the groups name their parameters; see
-          :func:`~fairseq_sage.optim.named_state.align_by_name`): a weight that ``--sage-params``
-          now gives SAGE starts with Ī = 0, one it no longer gives SAGE drops its Ī. A checkpoint
-          without names (written before names were recorded) is loaded by position, which needs
-          groups of the same sizes.
+          :func:`~fairseq_sage.optim.named_state.align_by_name`): a weight that this run's ``--sage-params``
+          gives SAGE and the checkpoint's did not starts with Ī = 0, one it does not give SAGE
+          drops its Ī. A checkpoint whose state names no parameters is loaded by position, which
+          needs groups of the same sizes.
         - The hyper-parameters of the command line replace the checkpoint's (``--lr`` is the lr
           scheduler's, as in fairseq); each one that changed is logged, so that the new
           checkpoint's configuration is what ran. ``--optimizer-overrides`` applies last.
@@ -220,7 +220,8 @@ class SageAdapterBase(FairseqOptimizer):
                 f"checkpoint's run, or {RESET_HINT}")
 
     def _log_regrouping(self, saved_groups: List[dict]) -> None:
-        """Log how many weights gain or lose SAGE because ``--sage-params`` now chooses others."""
+        """Log how many weights gain or lose SAGE because this run's ``--sage-params`` chooses
+        other weights than the checkpoint's."""
         before, after = _sage_names(saved_groups), _sage_names(self.optimizer.param_groups)
         if before is not None and after is not None and before != after:
             logger.info("fairseq-sage: --sage-params chooses other weights than the checkpoint's run: "
