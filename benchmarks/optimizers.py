@@ -11,7 +11,7 @@ import torch
 
 from benchmarks.step_timing import OptimizerFactory
 
-IMPLEMENTATIONS = ("reference", "foreach", "cpp", "compiled")
+BENCHMARKED_IMPLEMENTATIONS = ("reference", "foreach", "cpp", "compiled")
 HYPER = dict(lr=5e-4, betas=(0.9, 0.98), eps=1e-8, weight_decay=1e-4)
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import step_memory, step_timing, train_speed
-from benchmarks.optimizers import IMPLEMENTATIONS, optimizer_factories
+from benchmarks.optimizers import BENCHMARKED_IMPLEMENTATIONS, optimizer_factories
 from benchmarks.parameter_shapes import ARCHITECTURES, parameter_shapes
 from fairseq_sage.files import write_atomic
 from fairseq_sage.quiet import quiet_entry
@@ -110,7 +110,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--archs", nargs="+", default=list(ARCHITECTURES),
                         choices=[*ARCHITECTURES, "flat", "tiny"], help="parameter shapes to time")
-    parser.add_argument("--impls", nargs="+", default=list(IMPLEMENTATIONS), choices=IMPLEMENTATIONS,
+    parser.add_argument("--impls", nargs="+", default=list(BENCHMARKED_IMPLEMENTATIONS), choices=BENCHMARKED_IMPLEMENTATIONS,
                         help="adam_sage implementations to time")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, help="CPU threads for the step timings (default: torch's, "

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Dict, Sequence
 
-from benchmarks.optimizers import IMPLEMENTATIONS, optimizer_factories
+from benchmarks.optimizers import BENCHMARKED_IMPLEMENTATIONS, optimizer_factories
 from benchmarks.parameter_shapes import parameter_shapes
 from benchmarks.step_timing import make_parameters
 
@@ -55,7 +55,7 @@ def step_temporaries(step: Callable[[], object]) -> int:
 def measure_here(optimizer: str, arch: str) -> int:
     """Bytes of step temporaries of ``optimizer`` (a row of :mod:`benchmarks.optimizers`) on ``arch``."""
     params = make_parameters(parameter_shapes(arch), "cpu")
-    return step_temporaries(optimizer_factories(IMPLEMENTATIONS, "cpu")[optimizer](params).step)
+    return step_temporaries(optimizer_factories(BENCHMARKED_IMPLEMENTATIONS, "cpu")[optimizer](params).step)
 
 
 def measure(optimizers: Sequence[str], arch: str) -> Dict[str, int]:

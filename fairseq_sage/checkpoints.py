@@ -9,7 +9,7 @@ checkpoint (a malicious payload, say) is refused before it runs. A pickle of pri
 still carry code as a *string* of the configuration, which fairseq would later ``eval()``: every
 such field is evaluated by our own evaluator instead and handed on as a plain literal, or the
 checkpoint is refused (:mod:`fairseq_sage.config_values`). Importing this module changes
-nothing global: the plugin (:mod:`fairseq_sage.fairseq.checkpoints`) is what widens fairseq's own
+nothing global: the plugin (:mod:`fairseq_sage.fairseq.checkpoint_hardening`) is what widens fairseq's own
 loader, once fairseq loads it.
 """
 

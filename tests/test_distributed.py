@@ -159,7 +159,7 @@ def test_zero_sharding_of_optimizer_state_gives_the_unsharded_result(runs, toy_d
 def test_sage_over_nag_keeps_the_ranks_identical(toy_data_bin, tmp_path):
     """``--optimizer sage --sage-base nag`` on two data-parallel ranks: same weights, same Ī and
     momentum buffers on both, as for adam_sage."""
-    from test_fairseq_wrapper import sage_train_args
+    from helpers import sage_train_args
 
     flags = ("--sage-base", "nag", "--momentum", "0.9", "--lr", "0.05", *COMMON, *DISTRIBUTED_ON_CPU)
     ranks = run_two_ranks(tmp_path / "dumps", sage_train_args(toy_data_bin, tmp_path / "ddp", *flags))

@@ -1,6 +1,5 @@
 """--optimizer sage --sage-base NAME: fairseq's own optimizers, their own flags, wrapped in SAGE."""
 
-import argparse
 import math
 import re
 
@@ -10,33 +9,7 @@ import torch
 from conftest import USER_DIR, run_fairseq, train_args
 from fairseq_sage import SAGE
 from fairseq_sage.checkpoints import load_checkpoint
-from helpers import BLEU_LINE, train_log
-from test_optimizers import reference_multiplier
-
-
-def sage_train_args(data_bin, save_dir, *extra):
-    """``train_args`` with ``--optimizer sage`` in place of adam_sage and its --adam-betas."""
-    args = train_args(data_bin, save_dir, *extra)
-    start = args.index("adam_sage")
-    return args[:start] + ["sage"] + args[start + 3:]
-
-
-def parsed(*flags) -> argparse.Namespace:
-    """The optimizer config fairseq-train makes of these flags (a Namespace: sage has no dataclass)."""
-    from fairseq import options
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-
-    import fairseq_sage.fairseq  # noqa: F401  (registers the plugin in this process)
-
-    args = options.parse_args_and_arch(options.get_training_parser(), [
-        "data-bin", "--arch", "transformer", "--optimizer", "sage", "--lr", "0.01", *flags])
-    return convert_namespace_to_omegaconf(args).optimizer
-
-
-def build(params, *flags):
-    from fairseq import optim
-
-    return optim.build_optimizer(parsed(*flags), params)
+from helpers import BLEU_LINE, build_sage_optimizer, reference_multiplier, sage_train_args, train_log
 
 
 @pytest.mark.parametrize(
@@ -51,7 +24,7 @@ def build(params, *flags):
     ],
 )
 def test_the_base_gets_its_own_flags_and_defaults(flags, expected):
-    optimizer = build(list(torch.nn.Linear(3, 2).parameters()), *flags, "--sage-beta0", "0.6")
+    optimizer = build_sage_optimizer(list(torch.nn.Linear(3, 2).parameters()), *flags, "--sage-beta0", "0.6")
     group = optimizer.optimizer.param_groups[0]
     assert {key: group[key] for key in expected} == expected
     assert optimizer.optimizer.beta0 == 0.6
@@ -71,18 +44,18 @@ def test_the_base_gets_its_own_flags_and_defaults(flags, expected):
 )
 def test_what_cannot_be_wrapped_is_one_clear_error(flags, message):
     with pytest.raises(SystemExit, match=re.escape(message)):
-        build(list(torch.nn.Linear(3, 2).parameters()), *flags)
+        build_sage_optimizer(list(torch.nn.Linear(3, 2).parameters()), *flags)
 
 
 def test_sage_impl_reaches_the_wrapper():
     params = list(torch.nn.Linear(3, 2).parameters())
-    assert build(params, "--sage-base", "nag").optimizer.impl == "auto"
-    assert build(params, "--sage-base", "nag", "--sage-impl", "foreach").optimizer.impl == "foreach"
+    assert build_sage_optimizer(params, "--sage-base", "nag").optimizer.impl == "auto"
+    assert build_sage_optimizer(params, "--sage-base", "nag", "--sage-impl", "foreach").optimizer.impl == "foreach"
 
 
 def test_sage_impl_rejects_unknown_values(capsys):
     with pytest.raises(SystemExit):
-        build(list(torch.nn.Linear(3, 2).parameters()), "--sage-base", "nag", "--sage-impl", "compiled")
+        build_sage_optimizer(list(torch.nn.Linear(3, 2).parameters()), "--sage-base", "nag", "--sage-impl", "compiled")
     assert "--sage-impl: invalid choice: 'compiled' (choose from 'auto', 'foreach', 'cpp')" in capsys.readouterr().err
 
 
@@ -94,7 +67,7 @@ def test_sage_impl_cpp_without_the_kernel_is_one_clear_error(monkeypatch):
         monkeypatch.setattr(module, "cpp_kernel_error", lambda: "no C++ compiler found")
     message = "--sage-impl cpp: no C++ compiler found; use --sage-impl auto or foreach"
     with pytest.raises(SystemExit, match=re.escape(message)):
-        build(list(torch.nn.Linear(3, 2).parameters()), "--sage-base", "nag", "--sage-impl", "cpp")
+        build_sage_optimizer(list(torch.nn.Linear(3, 2).parameters()), "--sage-base", "nag", "--sage-impl", "cpp")
 
 
 def rms(x):
@@ -103,8 +76,8 @@ def rms(x):
 
 def fairseq_sage(*flags):
     """(wrapped, plain base) builders for ``--optimizer sage`` with ``flags`` and ``--weight-decay wd``."""
-    return (lambda params, wd: build(params, *flags, "--weight-decay", str(wd)),
-            lambda params, wd: build(params, *flags, "--weight-decay", str(wd)).base)
+    return (lambda params, wd: build_sage_optimizer(params, *flags, "--weight-decay", str(wd)),
+            lambda params, wd: build_sage_optimizer(params, *flags, "--weight-decay", str(wd)).base)
 
 
 def relative_step_adafactor(params, wd):

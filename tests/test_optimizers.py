@@ -10,18 +10,10 @@ import pytest
 import torch
 
 from fairseq_sage import AdamaxSAGE, AdamSAGE, LionSAGE, NAdamSAGE, SGDSAGE
+from helpers import gradient_sequence, reference_multiplier, run_optimizer
 
 SHAPES = [(7,), (5, 3), (2, 3, 4)]
 STEPS = 25
-
-
-def reference_multiplier(theta, grad, ema, t, beta0, eps):
-    """(U + ε)/(Ī_c + ε) with I = |θ g|, Ī = β0 Ī + (1 − β0) I, Ī_c = Ī/(1 − β0^t), U = |I − Ī_c|."""
-    sensitivity = (theta * grad).abs()
-    ema = beta0 * ema + (1 - beta0) * sensitivity
-    corrected = ema / (1 - beta0**t)
-    variation = (sensitivity - corrected).abs()
-    return (variation + eps) / (corrected + eps), ema
 
 
 def reference_run(kind, theta, grads, hp, sage=True):
@@ -75,18 +67,6 @@ HYPER = {
     "nadam": (NAdamSAGE, dict(lr=2e-3, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.01, momentum_decay=0.1,
                               beta0=0.8, sage_eps=1e-12)),
 }
-
-
-def gradient_sequence(shape, dtype, steps=STEPS, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype) for _ in range(steps)]
-
-
-def run_optimizer(optimizer, params, grads_per_param):
-    for grads in zip(*grads_per_param):
-        for p, g in zip(params, grads):
-            p.grad = g.clone()
-        optimizer.step()
 
 
 @pytest.mark.parametrize("kind", sorted(HYPER))

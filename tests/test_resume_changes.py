@@ -18,7 +18,7 @@ from torch import nn
 
 from conftest import run_fairseq, train_args
 from fairseq_sage.checkpoints import load_checkpoint
-from test_optimizers import reference_multiplier
+from helpers import reference_multiplier
 
 fairseq_options = pytest.importorskip("fairseq.options")
 import fairseq_sage.fairseq  # noqa: E402,F401  (registers the SAGE optimizers with fairseq's parser)

@@ -15,7 +15,7 @@ import torch
 
 from conftest import run_fairseq
 from fairseq_sage.checkpoints import load_checkpoint, save_atomic
-from test_fairseq_wrapper import sage_train_args
+from helpers import build_sage_optimizer, sage_train_args
 
 FIRST = ("--max-update", "2", "--no-epoch-checkpoints")
 RESUMED = ("--max-update", "4", "--no-epoch-checkpoints")
@@ -90,9 +90,8 @@ def test_an_older_checkpoint_of_the_same_base_resumes(first_runs, toy_data_bin, 
 
 def saved_state_without_base(base, layer):
     """The state dict of --sage-base ``base`` after one update of ``layer``, its base's record removed."""
-    from test_fairseq_wrapper import build
 
-    optimizer = build(list(layer.parameters()), "--sage-base", base)
+    optimizer = build_sage_optimizer(list(layer.parameters()), "--sage-base", base)
     layer(torch.randn(4, 3)).square().sum().backward()
     optimizer.step()
     optimizer.zero_grad()
@@ -107,13 +106,12 @@ def saved_state_without_base(base, layer):
 ] + [(base, base, None) for base in ("adam", "adamax", "nag", "sgd", "adafactor", "adagrad")])
 def test_the_probe_of_an_older_state_finds_another_bases_state_only(saved, resumed, error):
     """Probed on the smallest weight, the bias: Adafactor keeps an unfactored ``exp_avg_sq`` for it."""
-    from test_fairseq_wrapper import build
     from fairseq_sage.fairseq.wrapper import foreign_state_error
 
     torch.manual_seed(0)
     layer = torch.nn.Linear(3, 2)
     state_dict = saved_state_without_base(saved, layer)
-    optimizer = build(list(layer.parameters()), "--sage-base", resumed)
+    optimizer = build_sage_optimizer(list(layer.parameters()), "--sage-base", resumed)
     before = {name: p.detach().clone() for name, p in layer.named_parameters()}
     settings = {k: v for k, v in optimizer.optimizer_config.items() if k != "lr"}
     assert foreign_state_error(optimizer.optimizer.optimizer, optimizer.optimizer.param_groups, state_dict,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fairseq_sage import SAGE, AdamSAGE
-from test_optimizers import gradient_sequence, reference_multiplier, run_optimizer
+from helpers import gradient_sequence, reference_multiplier, run_optimizer
 
 SHAPES = [(6, 4), (5,), (3, 2, 4)]
 STEPS = 12

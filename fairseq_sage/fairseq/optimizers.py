@@ -11,10 +11,10 @@ hyper-parameter, named as the entry declares it. The base optimizers' flags are 
 adapters log statistics of the SAGE multipliers (:mod:`fairseq_sage.optim.diagnostics`), unless
 ``--no-sage-diagnostics``.
 
-A resumed run (:meth:`_FairseqSAGE.load_state_dict`) runs with the hyper-parameters of its command
+A resumed run (:meth:`SageAdapterBase.load_state_dict`) runs with the hyper-parameters of its command
 line, as fairseq does for ``--lr``, and logs each one that differs from the checkpoint's optimizer
 state (``sage_beta0 0.8 -> 0.3``); each weight's state moves with its name, also when
-``--sage-params`` now chooses other weights.
+``--sage-params`` chooses other weights than the checkpoint's run did.
 """
 
 import ast
@@ -30,10 +30,12 @@ from fairseq.optim import FairseqOptimizer, register_optimizer
 from omegaconf import II, OmegaConf
 
 from ..optim.diagnostics import next_update_number, sage_statistics
-from ..optim.implementations import IMPLEMENTATIONS
+from ..optim.implementations import CLASS_IMPLEMENTATIONS
 from ..optim.named_state import align_by_name, group_names
 from ..optim.hyperparameters import HyperParameter
-from ..optim.optimizers import DEFAULT_SAGE_EPS, SAGE_OPTIMIZERS, check_hyperparameters
+from ..optim.hyperparameters import DEFAULT_SAGE_EPS
+from ..optim.optimizers import SAGE_OPTIMIZERS
+from ..optim.validation import check_hyperparameters
 from .errors import SageFlagError
 from .params import sage_param_groups
 
@@ -84,7 +86,7 @@ class SageModulationConfig(FairseqDataclass):
 
 @dataclass
 class SageConfig(SageModulationConfig):
-    sage_impl: ChoiceEnum(IMPLEMENTATIONS) = field(
+    sage_impl: ChoiceEnum(CLASS_IMPLEMENTATIONS) = field(
         default="auto",
         metadata={"help": "how the update is computed: auto (default) picks a fused C++ kernel for "
                   "CPU and a torch.compile'd one for CUDA, falling back to foreach where these "
@@ -134,8 +136,9 @@ def parse_betas(value: Any, flag: str) -> tuple:
     return betas
 
 
-class _FairseqSAGE(FairseqOptimizer):
-    """Builds ``optimizer_class`` from the flags, with one group per SAGE switch."""
+class SageAdapterBase(FairseqOptimizer):
+    """What every SAGE adapter (``--optimizer NAME_sage``, ``--optimizer sage``) shares: builds
+    ``optimizer_class`` from the flags, with one group per SAGE switch."""
 
     optimizer_class: type
     flag_names: Dict[str, str]
@@ -173,10 +176,10 @@ class _FairseqSAGE(FairseqOptimizer):
         """Load a checkpoint's optimizer state, keeping this run's hyper-parameters.
 
         - Each weight's state moves with its name (the groups name their parameters; see
-          :func:`~fairseq_sage.optim.named_state.align_by_name`): a weight that ``--sage-params``
-          now gives SAGE starts with Ī = 0, one it no longer gives SAGE drops its Ī. A checkpoint
-          without names (written before names were recorded) is loaded by position, which needs
-          groups of the same sizes.
+          :func:`~fairseq_sage.optim.named_state.align_by_name`): a weight that this run's ``--sage-params``
+          gives SAGE and the checkpoint's did not starts with Ī = 0, one it does not give SAGE
+          drops its Ī. A checkpoint whose state names no parameters is loaded by position, which
+          needs groups of the same sizes.
         - The hyper-parameters of the command line replace the checkpoint's (``--lr`` is the lr
           scheduler's, as in fairseq); each one that changed is logged, so that the new
           checkpoint's configuration is what ran. ``--optimizer-overrides`` applies last.
@@ -217,7 +220,8 @@ class _FairseqSAGE(FairseqOptimizer):
                 f"checkpoint's run, or {RESET_HINT}")
 
     def _log_regrouping(self, saved_groups: List[dict]) -> None:
-        """Log how many weights gain or lose SAGE because ``--sage-params`` now chooses others."""
+        """Log how many weights gain or lose SAGE because this run's ``--sage-params`` chooses
+        other weights than the checkpoint's."""
         before, after = _sage_names(saved_groups), _sage_names(self.optimizer.param_groups)
         if before is not None and after is not None and before != after:
             logger.info("fairseq-sage: --sage-params chooses other weights than the checkpoint's run: "
@@ -292,7 +296,7 @@ def flag_value(cfg, entry: HyperParameter) -> Any:
     return not value if negated(entry) else value
 
 
-class _FairseqBaseSAGE(_FairseqSAGE):
+class _FairseqBaseSAGE(SageAdapterBase):
     """The adapter of a SAGE torch class: its flags are its registry entry's hyper-parameters
     (``--lr`` is fairseq's own, which the lr scheduler follows)."""
 

@@ -14,7 +14,8 @@ is then built from its own defaults plus the flags given, and a flag that belong
 only is one clear error.
 
 fairseq's own optimizers tell :class:`~fairseq_sage.optim.wrapper.SAGE` how they decay weights
-(:data:`fairseq_sage.optim.wrapper.DECAY_RULES`): ``adam``, ``adamax`` and ``nag`` decouple it
+(:func:`register_decay_rules`, which the plugin calls, adds them to
+:data:`fairseq_sage.optim.wrapper.DECAY_RULES`): ``adam``, ``adamax`` and ``nag`` decouple it
 (θ·(1 − η·λ)), ``adafactor`` too (with its relative step size ρ where it has one, λ·ρ; with
 ``--scale-parameter`` and a weight decay it is refused); ``sgd`` and ``adagrad`` add λ·θ
 to the gradient. ``--zero-sharding os`` rebuilds the optimizer from its class and is refused.
@@ -41,15 +42,15 @@ import torch
 
 from ..optim.implementations import cpp_kernel_error
 from ..optim.wrapper import (
-    IMPLEMENTATIONS, SAGE, SAGE_STATE_KEYS, DecayRule, check_sage_hyperparameters, decoupled, register_decay_rule,
+    WRAPPER_IMPLEMENTATIONS, SAGE, SAGE_STATE_KEYS, DecayRule, check_sage_hyperparameters, decoupled, register_decay_rule,
 )
 from .errors import SageFlagError
 from .optimizers import (
-    NOT_RESUMED, RESET_HINT, SAGE_FLAG_NAMES, SageModulationConfig, _FairseqSAGE, config_value, log_changes,
+    NOT_RESUMED, RESET_HINT, SAGE_FLAG_NAMES, SageModulationConfig, SageAdapterBase, config_value, log_changes,
 )
 from .params import sage_param_groups
 
-__all__ = ["FairseqSAGE", "wrappable_bases"]
+__all__ = ["FairseqSAGE", "register_decay_rules", "wrappable_bases"]
 
 NOT_WRAPPABLE = {"composite": "steps one optimizer per parameter group; wrap one of them instead"}
 OPTIONAL_DEPENDENCIES = {"cpu_adam": "deepspeed", "lamb": "apex"}
@@ -71,16 +72,19 @@ def adafactor_unsupported(group: dict) -> Optional[str]:
     return None
 
 
-for decoupled_class in (Adam, Adamax, NAG):
-    register_decay_rule(decoupled_class, DecayRule(decoupled))
-register_decay_rule(Adafactor, DecayRule(adafactor_decay, adafactor_unsupported))
+def register_decay_rules() -> None:
+    """Add fairseq's optimizers to :data:`fairseq_sage.optim.wrapper.DECAY_RULES` (module doc); the
+    plugin calls it when fairseq loads the plugin, as SAGE looks the rules up by class."""
+    for decoupled_class in (Adam, Adamax, NAG):
+        register_decay_rule(decoupled_class, DecayRule(decoupled))
+    register_decay_rule(Adafactor, DecayRule(adafactor_decay, adafactor_unsupported))
 
 
 def why_not_wrappable(name: Optional[str]) -> Optional[str]:
     """Why ``--sage-base name`` cannot work, or None where it can."""
     if name not in OPTIMIZER_REGISTRY:
         return f"--sage-base {name!r} is not an optimizer registered in fairseq"
-    if issubclass(OPTIMIZER_REGISTRY[name], _FairseqSAGE):
+    if issubclass(OPTIMIZER_REGISTRY[name], SageAdapterBase):
         return f"--sage-base {name} applies SAGE itself"
     if name in NOT_WRAPPABLE:
         return f"--sage-base {name} cannot be wrapped: it {NOT_WRAPPABLE[name]}"
@@ -188,7 +192,7 @@ def foreign_state_error(base: torch.optim.Optimizer, groups: List[dict], state_d
 
 
 @register_optimizer("sage")
-class FairseqSAGE(_FairseqSAGE):
+class FairseqSAGE(SageAdapterBase):
     """SAGE (:class:`fairseq_sage.optim.wrapper.SAGE`) over the torch optimizer of ``--sage-base``."""
 
     @staticmethod
@@ -196,7 +200,7 @@ class FairseqSAGE(_FairseqSAGE):
         gen_parser_from_dataclass(parser, SageModulationConfig())
         parser.add_argument("--sage-base", metavar="NAME",
                             help="the fairseq optimizer SAGE modulates: " + ", ".join(wrappable_bases()))
-        parser.add_argument("--sage-impl", choices=IMPLEMENTATIONS, default="auto",
+        parser.add_argument("--sage-impl", choices=WRAPPER_IMPLEMENTATIONS, default="auto",
                             help="how the modulation is computed: auto (default) the fused C++ kernel "
                             "for CPU tensors it can take, foreach elsewhere; foreach; cpp (an error "
                             "where the kernel cannot be built)")

@@ -3,7 +3,9 @@
 - :mod:`.base_steps`: the registry of base optimizers (Adam, Adamax, SGD, Lion, NAdam):
   hyper-parameters, state, step as −size · numerator / denominator, its numbers at update t,
   which fused kernel implements it;
-- :mod:`.hyperparameters`: a hyper-parameter's declaration (default, bound, fairseq flag) and check;
+- :mod:`.hyperparameters`: a hyper-parameter's declaration (default, bound, fairseq flag), SAGE's own;
+- :mod:`.validation`: the checks both the classes and the wrapper make (hyper-parameters,
+  parameters, finite gradients) and the dtypes updated through float32;
 - :mod:`.functional`: the SAGE multiplier (U + ε)/(Ī_c + ε);
 - :mod:`.optimizers`: ``AdamSAGE``, ``AdamaxSAGE``, ``SGDSAGE``, ``LionSAGE``, ``NAdamSAGE``
   (``torch.optim.Optimizer`` classes, one per registry entry);
@@ -13,7 +15,8 @@
 - :mod:`.diagnostics`: statistics of the multipliers, for training logs.
 """
 
-from .optimizers import DEFAULT_SAGE_EPS, AdamaxSAGE, AdamSAGE, LionSAGE, NAdamSAGE, SGDSAGE
+from .hyperparameters import DEFAULT_SAGE_EPS
+from .optimizers import AdamaxSAGE, AdamSAGE, LionSAGE, NAdamSAGE, SGDSAGE
 from .wrapper import SAGE
 
 __all__ = ["AdamSAGE", "AdamaxSAGE", "SGDSAGE", "LionSAGE", "NAdamSAGE", "SAGE", "DEFAULT_SAGE_EPS"]

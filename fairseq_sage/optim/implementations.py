@@ -28,11 +28,11 @@ from torch import Tensor
 from . import fused_cpu, multi_tensor
 from .base_steps import BaseOptimizer
 
-__all__ = ["IMPLEMENTATIONS", "check_implementation", "choose_implementation", "update_"]
+__all__ = ["CLASS_IMPLEMENTATIONS", "check_implementation", "choose_implementation", "update_"]
 
 logger = logging.getLogger(__name__)
 
-IMPLEMENTATIONS = ("auto", "reference", "foreach", "cpp", "compiled")
+CLASS_IMPLEMENTATIONS = ("auto", "reference", "foreach", "cpp", "compiled")
 
 PREFERRED = {"cpu": "cpp", "cuda": "compiled"}
 """What ``auto`` runs on each device type (``foreach`` on the others)."""
@@ -45,9 +45,9 @@ ReferenceUpdate = Callable[[Tensor, dict, dict], None]
 
 
 def check_implementation(name: str) -> str:
-    """``name`` if it is one of ``IMPLEMENTATIONS``, else ValueError."""
-    if name not in IMPLEMENTATIONS:
-        raise ValueError(f"impl must be one of {', '.join(IMPLEMENTATIONS)}, got {name!r}")
+    """``name`` if it is one of ``CLASS_IMPLEMENTATIONS``, else ValueError."""
+    if name not in CLASS_IMPLEMENTATIONS:
+        raise ValueError(f"impl must be one of {', '.join(CLASS_IMPLEMENTATIONS)}, got {name!r}")
     return name
 
 

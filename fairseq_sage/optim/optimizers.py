@@ -31,47 +31,13 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import base_steps, fused_cpu, hyperparameters, implementations
+from . import base_steps, implementations
 from .functional import sage_multiplier_
-from .hyperparameters import HyperParameter
+from .hyperparameters import SAGE_HYPERPARAMETERS, HyperParameter
 from .named_state import align_by_name
+from .validation import LOW_PRECISION_DTYPES, all_finite, check_hyperparameters, check_parameters
 
-__all__ = ["AdamSAGE", "AdamaxSAGE", "SGDSAGE", "LionSAGE", "NAdamSAGE", "DEFAULT_SAGE_EPS", "SAGE_OPTIMIZERS"]
-
-DEFAULT_SAGE_EPS = 1e-12
-"""Default ε of the SAGE multiplier (U + ε)/(Ī_c + ε).
-
-Per-element |θ·g| of a ``transformer_iwslt_de_en`` had a median of 2.7e-6 at initialisation and
-8.3e-8 after 10 updates (``benchmarks/sensitivity_magnitude.py``, see the README), so ε = 1e-12
-leaves the multiplier of every weight that carries signal untouched, while a weight or gradient
-that is exactly 0 gets m = 1 instead of 0/0.
-"""
-
-LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-SAGE_HYPERPARAMETERS = (
-    HyperParameter("beta0", 0.8, "unit", "--sage-beta0", "beta0 of the sensitivity moving average"),
-    # ε must be positive, or (0 + 0)/(0 + 0) is NaN for every element whose weight or gradient is 0
-    HyperParameter("sage_eps", DEFAULT_SAGE_EPS, "positive", "--sage-eps", "epsilon of the SAGE lr multiplier"),
-    HyperParameter("sage", True, "switch", "--sage-params", "whether the group's parameters get SAGE"),
-)
-"""SAGE's keywords, after the base optimizer's in every class."""
-
-KNOWN_HYPERPARAMETERS: Dict[str, HyperParameter] = hyperparameters.by_name(
-    SAGE_HYPERPARAMETERS + tuple(entry for base in base_steps.BASES.values() for entry in base.hyperparameters)
-)
-"""Every hyper-parameter of the registry and of SAGE, by name (one bound per name)."""
-
-
-def check_hyperparameters(group: dict, names: Dict[str, str]) -> None:
-    """Raise ValueError unless every hyper-parameter in ``group`` that the registry or SAGE declares
-    is a finite number within its bound: lr, eps, weight decay, NAdam's momentum decay >= 0; the
-    SAGE ε > 0; β0, each β (a pair) and momentum in [0, 1).
-
-    ``names`` maps a keyword ("beta0", "betas", ...) to the name the user knows it by (a fairseq flag).
-    """
-    hyperparameters.check_group(group, KNOWN_HYPERPARAMETERS, names)
+__all__ = ["AdamSAGE", "AdamaxSAGE", "SGDSAGE", "LionSAGE", "NAdamSAGE", "SAGE_OPTIMIZERS"]
 
 
 def _pair(betas: Any) -> Any:
@@ -92,38 +58,6 @@ def constructor_signature(entries: Tuple[HyperParameter, ...]) -> inspect.Signat
         + [inspect.Parameter(entry.name, keyword, default=entry.default) for entry in entries]
         + [inspect.Parameter("impl", keyword, default="auto"), inspect.Parameter("check_finite", keyword, default=True)]
     )
-
-
-def check_parameters(params: Iterable[Tensor], optimizer: str) -> None:
-    """Raise ValueError for a parameter the optimizers cannot update (a complex one)."""
-    for param in params:
-        if param.is_complex():
-            raise ValueError(f"{optimizer} does not support complex parameters (got one of dtype "
-                             f"{param.dtype}); optimize torch.view_as_real(param) instead")
-
-
-def all_finite(tensors: List[Tensor], kernel: bool = False) -> bool:
-    """True when no tensor in ``tensors`` holds a NaN or an infinity (one host synchronisation).
-
-    With ``kernel``, the fused C++ kernel checks the tensors it can read (:func:`fused_cpu.all_finite`:
-    one parallel read, no temporaries). For the others, a NaN or an infinity makes a tensor's sum
-    NaN or infinite, so the sums (one read of every tensor, no temporaries) decide; only where a
-    sum is not finite, which an overflowing sum of finite elements can also be, are the elements
-    themselves examined.
-    """
-    if kernel:
-        if not fused_cpu.all_finite([t for t in tensors if fused_cpu.checkable(t)]):
-            return False
-        tensors = [t for t in tensors if not fused_cpu.checkable(t)]
-    if not tensors:
-        return True
-    device = tensors[0].device
-    sums = torch.stack([
-        t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32).to(device) for t in tensors
-    ])
-    if bool(sums.isfinite().all()):
-        return True
-    return bool(torch.stack([torch.isfinite(t).all().to(device) for t in tensors]).all())
 
 
 class _SAGEOptimizer(torch.optim.Optimizer):
@@ -210,7 +144,7 @@ class _SAGEOptimizer(torch.optim.Optimizer):
         saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
         params = [p for group in self.param_groups for p in group["params"]]
         for saved_id, param in zip(saved_ids, params):
-            if param.dtype not in LOW_PRECISION or saved_id not in state_dict["state"]:
+            if param.dtype not in LOW_PRECISION_DTYPES or saved_id not in state_dict["state"]:
                 continue
             for key, value in state_dict["state"][saved_id].items():
                 if torch.is_tensor(value) and value.is_floating_point() and key != "step":
@@ -232,7 +166,7 @@ class _SAGEOptimizer(torch.optim.Optimizer):
                 state = self.state.get(param)
                 if not state:
                     continue
-                weights = torch.empty_like(param, dtype=torch.float32) if param.dtype in LOW_PRECISION else param
+                weights = torch.empty_like(param, dtype=torch.float32) if param.dtype in LOW_PRECISION_DTYPES else param
                 wanted = set(self._base.init(weights.new_empty(0), group))
                 if group["sage"]:
                     wanted.add("sensitivity_ema")
@@ -281,7 +215,7 @@ class _SAGEOptimizer(torch.optim.Optimizer):
         """``param``'s state, created (float32 for half-precision ``param``) at its first update,
         with ``step`` advanced to the update about to be applied."""
         state = self.state[param]
-        low_precision = param.dtype in LOW_PRECISION
+        low_precision = param.dtype in LOW_PRECISION_DTYPES
         if not state:
             weights = torch.empty_like(param, dtype=torch.float32) if low_precision else param
             state["step"] = 0
@@ -299,8 +233,8 @@ class _SAGEOptimizer(torch.optim.Optimizer):
 
     def _update_parameter(self, param: Tensor, state: dict, group: dict) -> None:
         """The reference update of one parameter, its ``state`` already advanced."""
-        low_precision = param.dtype in LOW_PRECISION
-        grad = param.grad.float() if param.grad.dtype in LOW_PRECISION else param.grad
+        low_precision = param.dtype in LOW_PRECISION_DTYPES
+        grad = param.grad.float() if param.grad.dtype in LOW_PRECISION_DTYPES else param.grad
         weights = param.float() if low_precision else param
         step = self._base.step(state, grad, group)
         if group["sage"]:

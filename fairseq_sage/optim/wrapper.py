@@ -45,11 +45,13 @@ from . import fused_cpu
 from .functional import bias_correction, sage_multiplier_foreach_
 from .implementations import cpp_kernel_error, fall_back
 from .multi_tensor import batches, flat_slices
-from .optimizers import DEFAULT_SAGE_EPS, LOW_PRECISION, _SAGEOptimizer, all_finite, check_hyperparameters
+from .hyperparameters import DEFAULT_SAGE_EPS
+from .optimizers import SAGE_OPTIMIZERS
+from .validation import LOW_PRECISION_DTYPES, all_finite, check_hyperparameters
 
 __all__ = ["SAGE", "DecayRule", "DECAY_RULES", "register_decay_rule", "decoupled", "coupled"]
 
-IMPLEMENTATIONS = ("auto", "foreach", "cpp")
+WRAPPER_IMPLEMENTATIONS = ("auto", "foreach", "cpp")
 """What ``SAGE(..., impl=)`` accepts (module doc)."""
 
 SAGE_STATE_KEYS = ("sensitivity_ema", "sage_step")
@@ -134,7 +136,7 @@ def decay_rule(optimizer: torch.optim.Optimizer) -> Optional[DecayRule]:
 
 def sensitivity_dtype(param: Tensor) -> torch.dtype:
     """The dtype of ``param``'s Ī: float32 for float16/bfloat16 parameters, else the parameter's."""
-    return torch.float32 if param.dtype in LOW_PRECISION else param.dtype
+    return torch.float32 if param.dtype in LOW_PRECISION_DTYPES else param.dtype
 
 
 def check_sage_parameters(params: Iterable[Tensor]) -> None:
@@ -147,7 +149,7 @@ def check_sage_parameters(params: Iterable[Tensor]) -> None:
 
 
 def finiteness_view(grad: Tensor) -> Tensor:
-    """The elements of ``grad`` as a dense real tensor, for :func:`.optimizers.all_finite`: a sparse
+    """The elements of ``grad`` as a dense real tensor, for :func:`.validation.all_finite`: a sparse
     gradient's stored values, a complex one's real and imaginary parts."""
     if grad.is_sparse:
         grad = grad.coalesce().values()
@@ -174,7 +176,7 @@ class SAGE(torch.optim.Optimizer):
 
     ``step(closure)`` evaluates the closure once, then updates. With ``check_finite`` (default),
     an update whose gradients hold a NaN or an infinity is skipped entirely (weights, Ī and the
-    base's state unchanged) with a RuntimeWarning. ``impl``: one of :data:`IMPLEMENTATIONS`
+    base's state unchanged) with a RuntimeWarning. ``impl``: one of :data:`WRAPPER_IMPLEMENTATIONS`
     (module doc); ``"cpp"`` raises RuntimeError where the kernel cannot be built.
 
     Every call checks first and acts after: a refusal (complex SAGE parameters, a sparse gradient
@@ -193,14 +195,14 @@ class SAGE(torch.optim.Optimizer):
     ):
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"SAGE wraps a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        if isinstance(optimizer, (SAGE, _SAGEOptimizer)):
+        if isinstance(optimizer, (SAGE, *SAGE_OPTIMIZERS.values())):
             raise ValueError(f"{type(optimizer).__name__} already applies SAGE: use it alone")
         if isinstance(optimizer, REPEATED_CLOSURE):
             raise ValueError(f"SAGE cannot wrap {type(optimizer).__name__}: it evaluates the closure "
                              "several times per step; use an optimizer that steps once per gradient")
         check_sage_hyperparameters(beta0, sage_eps)
-        if impl not in IMPLEMENTATIONS:
-            raise ValueError(f"impl must be one of {', '.join(IMPLEMENTATIONS)}, got {impl!r}")
+        if impl not in WRAPPER_IMPLEMENTATIONS:
+            raise ValueError(f"impl must be one of {', '.join(WRAPPER_IMPLEMENTATIONS)}, got {impl!r}")
         if impl == "cpp" and cpp_kernel_error():
             raise RuntimeError(f"impl='cpp': {cpp_kernel_error()}; use impl='foreach'")
         self.impl = impl
@@ -356,7 +358,7 @@ class SAGE(torch.optim.Optimizer):
         """θ ← (1 − c)·θ_old + m ⊙ (θ_new − (1 − c)·θ_old) for every (piece of a) parameter of
         ``batch``, advancing Ī (module doc), with foreach ops over the whole batch."""
         def wide(tensors):
-            return [t.float() if t.dtype in LOW_PRECISION else t for t in tensors]
+            return [t.float() if t.dtype in LOW_PRECISION_DTYPES else t for t in tensors]
 
         olds, grads, news = wide([m.old for m in batch]), wide([m.grad for m in batch]), wide([m.param for m in batch])
         corrections = [bias_correction(self.beta0, m.step) for m in batch]

@@ -1,4 +1,5 @@
-"""The plugin's hold on fairseq's checkpoint handling, applied when fairseq loads the plugin.
+"""The plugin's hardening of fairseq's checkpoint handling, which :func:`install_hardening` applies
+(the plugin calls it when fairseq loads the plugin).
 
 - torch >= 2.6 unpickles with ``weights_only=True``, and fairseq's loader fails on fairseq's own
   checkpoints (``argparse.Namespace``, numpy values of ``--eval-bleu`` meters): the classes of
@@ -20,7 +21,7 @@ import torch
 from ..checkpoints import FAIRSEQ_CHECKPOINT_GLOBALS, CheckpointError, check_checkpoint, copy_atomic, load_failure
 from .evaluation import replace_eval_in_fairseq
 
-__all__ = ["harden_fairseq_checkpoints"]
+__all__ = ["install_hardening", "harden_fairseq_checkpoints"]
 
 
 def harden_fairseq_checkpoints() -> None:
@@ -69,6 +70,10 @@ def harden_fairseq_checkpoints() -> None:
     PathManager.copy = staticmethod(copy)
 
 
-torch.serialization.add_safe_globals(FAIRSEQ_CHECKPOINT_GLOBALS)
-harden_fairseq_checkpoints()
-replace_eval_in_fairseq()
+def install_hardening() -> None:
+    """Allow-list fairseq's checkpoint classes for the process, patch its loader and copy
+    (:func:`harden_fairseq_checkpoints`) and its ``eval()`` (:mod:`.evaluation`); a second call
+    changes nothing."""
+    torch.serialization.add_safe_globals(FAIRSEQ_CHECKPOINT_GLOBALS)
+    harden_fairseq_checkpoints()
+    replace_eval_in_fairseq()

@@ -1,0 +1,69 @@
+"""The checks shared by the torch classes (:mod:`.optimizers`) and ``SAGE(optimizer)`` (:mod:`.wrapper`).
+
+- :func:`check_hyperparameters`: every hyper-parameter a group holds is finite and within the
+  bound its declaration gives (the registry's entries and SAGE's, :mod:`.hyperparameters`);
+- :func:`check_parameters`: a parameter the optimizers can update (not a complex one);
+- :func:`all_finite`: no NaN or infinity in the gradients of an update (else it is skipped);
+- :data:`LOW_PRECISION_DTYPES`: the dtypes updated through a float32 copy with float32 state.
+"""
+
+from typing import Dict, Iterable, List
+
+import torch
+from torch import Tensor
+
+from . import base_steps, fused_cpu, hyperparameters
+from .hyperparameters import SAGE_HYPERPARAMETERS, HyperParameter
+
+__all__ = ["LOW_PRECISION_DTYPES", "KNOWN_HYPERPARAMETERS", "check_hyperparameters", "check_parameters", "all_finite"]
+
+LOW_PRECISION_DTYPES = (torch.float16, torch.bfloat16)
+"""Parameter dtypes whose update is computed in float32 (as fairseq's own optimizers do), with
+float32 state, and rounded once into the parameter's dtype."""
+
+KNOWN_HYPERPARAMETERS: Dict[str, HyperParameter] = hyperparameters.by_name(
+    SAGE_HYPERPARAMETERS + tuple(entry for base in base_steps.BASES.values() for entry in base.hyperparameters)
+)
+"""Every hyper-parameter of the registry and of SAGE, by name (one bound per name)."""
+
+
+def check_hyperparameters(group: dict, names: Dict[str, str]) -> None:
+    """Raise ValueError unless every hyper-parameter in ``group`` that the registry or SAGE declares
+    is a finite number within its bound: lr, eps, weight decay, NAdam's momentum decay >= 0; the
+    SAGE ε > 0; β0, each β (a pair) and momentum in [0, 1).
+
+    ``names`` maps a keyword ("beta0", "betas", ...) to the name the user knows it by (a fairseq flag).
+    """
+    hyperparameters.check_group(group, KNOWN_HYPERPARAMETERS, names)
+
+
+def check_parameters(params: Iterable[Tensor], optimizer: str) -> None:
+    """Raise ValueError for a parameter the optimizers cannot update (a complex one)."""
+    for param in params:
+        if param.is_complex():
+            raise ValueError(f"{optimizer} does not support complex parameters (got one of dtype "
+                             f"{param.dtype}); optimize torch.view_as_real(param) instead")
+
+
+def all_finite(tensors: List[Tensor], kernel: bool = False) -> bool:
+    """True when no tensor in ``tensors`` holds a NaN or an infinity (one host synchronisation).
+
+    With ``kernel``, the fused C++ kernel checks the tensors it can read (:func:`fused_cpu.all_finite`:
+    one parallel read, no temporaries). For the others, a NaN or an infinity makes a tensor's sum
+    NaN or infinite, so the sums (one read of every tensor, no temporaries) decide; only where a
+    sum is not finite, which an overflowing sum of finite elements can also be, are the elements
+    themselves examined.
+    """
+    if kernel:
+        if not fused_cpu.all_finite([t for t in tensors if fused_cpu.checkable(t)]):
+            return False
+        tensors = [t for t in tensors if not fused_cpu.checkable(t)]
+    if not tensors:
+        return True
+    device = tensors[0].device
+    sums = torch.stack([
+        t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32).to(device) for t in tensors
+    ])
+    if bool(sums.isfinite().all()):
+        return True
+    return bool(torch.stack([torch.isfinite(t).all().to(device) for t in tensors]).all())
