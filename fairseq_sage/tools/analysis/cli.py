@@ -103,7 +103,7 @@ def get_parser() -> argparse.ArgumentParser:
 def load_model(data: Path, checkpoint: Path, user_dir: Optional[str]):
     """(model, task, criterion) from ``checkpoint``, with the task reading ``data``.
 
-    fairseq's loader is the plugin's (:mod:`fairseq_sage.fairseq.checkpoints`): a damaged
+    fairseq's loader is the plugin's (:mod:`fairseq_sage.fairseq.checkpoint_hardening`): a damaged
     checkpoint, or one holding foreign objects or code in its configuration, stops the program
     with one ``fairseq-sage: error:`` line before fairseq builds anything from it. A checkpoint of
     another task than translation, or a DATA_BIN without the dictionaries of a translation
