@@ -221,12 +221,10 @@ def pruning_curve(
     per criterion); the model's weights are restored afterwards. The unpruned model is translated
     once, whatever the number of criteria."""
     params = dict(model.named_parameters())
-    original = {name: params[name].detach().clone() for name in pruning_scores("sensitivity", sensitivity, params)}
-    magnitude = pruning_scores("magnitude", sensitivity, params)
-    # ranked before any weight is pruned: a magnitude ranking must see the original weights
-    rankings = {
-        criterion: SensitivityRanking(pruning_scores(criterion, sensitivity, params)) for criterion in criteria
-    }
+    # scored and ranked before any weight is pruned: the magnitude must be that of the original weights
+    scores = {criterion: pruning_scores(criterion, sensitivity, params) for criterion in PRUNING_CRITERIA}
+    original = {name: params[name].detach().clone() for name in scores["sensitivity"]}
+    rankings = {criterion: SensitivityRanking(scores[criterion]) for criterion in criteria}
     rows, unpruned = [], None
     for criterion, ranking in rankings.items():
         for percent in levels:
@@ -246,8 +244,8 @@ def pruning_curve(
                 "prune_percent": percent,
                 "pruned_weights": pruned,
                 "prunable_weights": ranking.size,
-                "sensitivity_threshold": _largest_selected(sensitivity, masks),
-                "magnitude_threshold": _largest_selected(magnitude, masks),
+                "sensitivity_threshold": _largest_selected(scores["sensitivity"], masks),
+                "magnitude_threshold": _largest_selected(scores["magnitude"], masks),
                 "bleu": bleu,
             })
             print(f"{PROG}: pruned {percent:g}% by {criterion} ({pruned} of {ranking.size} non-embedding "

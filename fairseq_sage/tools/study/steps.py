@@ -128,11 +128,10 @@ class RunSteps:
         output = self.checkpoint("checkpoint_avg")
         if output.is_file():
             return
-        partial = output.with_suffix(".partial")
+        # the averaging tool writes its --output atomically: a killed average leaves no checkpoint_avg.pt
         command(self.dir, "average", [sys.executable, "-m", "fairseq_sage.tools.average_checkpoints", "--inputs",
                                       str(self.save_dir), "--num-epoch-checkpoints", str(self.study.train.average_last),
-                                      "--output", str(partial)])
-        os.replace(partial, output)
+                                      "--output", str(output)])
 
     # ---- scoring
 
@@ -174,12 +173,11 @@ class RunSteps:
             return json.loads((self.dir / "pruning.json").read_text())
         pruning, data = self.study.pruning, self.study.data
         post = ["--post-process", data.post_process] if data.post_process else []
-        by = [] if pruning.by == ["sensitivity"] else ["--prune-by", ",".join(pruning.by)]  # the analysis' default
         command(self.dir, "prune", [sys.executable, "-m", "fairseq_sage.tools.analysis", str(self.config.data_bin),
                                     "--path", str(self.checkpoint(pruning.model)), "--cpu",
                                     "--prune-levels", ",".join(f"{v:g}" for v in pruning.levels),
                                     "--gen-subset", data.sets[pruning.set].subset, "--num-batches", str(pruning.batches),
-                                    *by, *post, "--output-dir", str(folder)])
+                                    "--prune-by", ",".join(pruning.by), *post, "--output-dir", str(folder)])
         result = {"pruning": read_csv(folder / "pruning_bleu.csv"),
                   "sensitivity_by_type": read_csv(folder / "sensitivity_by_type.csv")}
         if (folder / "zero_sensitivity.csv").is_file():
