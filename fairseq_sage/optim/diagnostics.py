@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .functional import bias_correction, multiplier_from_terms_foreach_, sage_terms_foreach_
-from .validation import LOW_PRECISION_DTYPES
+from .validation import working_dtype
 
 __all__ = ["QUANTILES", "SAMPLE_SIZE", "next_update_number", "sage_statistics"]
 
@@ -97,7 +97,7 @@ def _next_terms(param: Tensor, group: dict, param_state: Mapping) -> tuple:
 
     Half-precision values are computed in float32, as the optimizer does.
     """
-    dtype = torch.float32 if param.dtype in LOW_PRECISION_DTYPES else param.dtype
+    dtype = working_dtype(param.dtype)
     weights = param.detach().to(dtype)
     grad = param.grad.detach().to(dtype)
     ema = param_state.get("sensitivity_ema")

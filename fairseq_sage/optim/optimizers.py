@@ -110,7 +110,7 @@ class _SAGEOptimizer(torch.optim.Optimizer):
         leave the groups as they were."""
         super().add_param_group(param_group)
         try:
-            check_parameters(self.param_groups[-1]["params"], type(self).__name__)
+            check_parameters(self.param_groups[-1]["params"], f"{type(self).__name__} does not support complex parameters")
             check_hyperparameters(self.param_groups[-1], {})
         except ValueError:
             self.param_groups.pop()

@@ -3,6 +3,7 @@
 - :func:`check_hyperparameters`: every hyper-parameter a group holds is finite and within the
   bound its declaration gives (the registry's entries and SAGE's, :mod:`.hyperparameters`);
 - :func:`check_parameters`: a parameter the optimizers can update (not a complex one);
+- :func:`working_dtype`: the dtype a parameter is updated in and its SAGE state kept in;
 - :func:`all_finite`: no NaN or infinity in the gradients of an update (else it is skipped);
 - :data:`LOW_PRECISION_DTYPES`: the dtypes updated through a float32 copy with float32 state.
 """
@@ -15,7 +16,8 @@ from torch import Tensor
 from . import base_steps, fused_cpu, hyperparameters
 from .hyperparameters import SAGE_HYPERPARAMETERS, HyperParameter
 
-__all__ = ["LOW_PRECISION_DTYPES", "KNOWN_HYPERPARAMETERS", "check_hyperparameters", "check_parameters", "all_finite"]
+__all__ = ["LOW_PRECISION_DTYPES", "KNOWN_HYPERPARAMETERS", "check_hyperparameters", "check_parameters", "all_finite",
+           "working_dtype"]
 
 LOW_PRECISION_DTYPES = (torch.float16, torch.bfloat16)
 """Parameter dtypes whose update is computed in float32 (as fairseq's own optimizers do), with
@@ -37,12 +39,22 @@ def check_hyperparameters(group: dict, names: Dict[str, str]) -> None:
     hyperparameters.check_group(group, KNOWN_HYPERPARAMETERS, names)
 
 
-def check_parameters(params: Iterable[Tensor], optimizer: str) -> None:
-    """Raise ValueError for a parameter the optimizers cannot update (a complex one)."""
+COMPLEX_FIX = "optimize torch.view_as_real(param) instead"
+"""What a user with a complex parameter can do instead (|θ·g| is not a complex weight's sensitivity)."""
+
+
+def check_parameters(params: Iterable[Tensor], refusal: str, fix: str = COMPLEX_FIX) -> None:
+    """Raise ValueError '``refusal`` (got one of dtype D); ``fix``' for a parameter SAGE cannot
+    modulate (a complex one)."""
     for param in params:
         if param.is_complex():
-            raise ValueError(f"{optimizer} does not support complex parameters (got one of dtype "
-                             f"{param.dtype}); optimize torch.view_as_real(param) instead")
+            raise ValueError(f"{refusal} (got one of dtype {param.dtype}); {fix}")
+
+
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a parameter of ``dtype`` is updated in and its SAGE state kept in: float32 for
+    :data:`LOW_PRECISION_DTYPES`, else ``dtype`` itself."""
+    return torch.float32 if dtype in LOW_PRECISION_DTYPES else dtype
 
 
 def all_finite(tensors: List[Tensor], kernel: bool = False) -> bool:

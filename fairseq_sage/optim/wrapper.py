@@ -47,7 +47,7 @@ from .implementations import cpp_kernel_error, fall_back
 from .multi_tensor import batches, flat_slices
 from .hyperparameters import DEFAULT_SAGE_EPS
 from .optimizers import SAGE_OPTIMIZERS
-from .validation import LOW_PRECISION_DTYPES, all_finite, check_hyperparameters
+from .validation import LOW_PRECISION_DTYPES, all_finite, check_hyperparameters, check_parameters, working_dtype
 
 __all__ = ["SAGE", "DecayRule", "DECAY_RULES", "register_decay_rule", "decoupled", "coupled"]
 
@@ -134,18 +134,9 @@ def decay_rule(optimizer: torch.optim.Optimizer) -> Optional[DecayRule]:
     return next((DECAY_RULES[c] for c in type(optimizer).__mro__ if c in DECAY_RULES), None)
 
 
-def sensitivity_dtype(param: Tensor) -> torch.dtype:
-    """The dtype of ``param``'s Ī: float32 for float16/bfloat16 parameters, else the parameter's."""
-    return torch.float32 if param.dtype in LOW_PRECISION_DTYPES else param.dtype
-
-
-def check_sage_parameters(params: Iterable[Tensor]) -> None:
-    """ValueError for a parameter SAGE cannot modulate (a complex one: I = |θ·g| is not its sensitivity)."""
-    for param in params:
-        if param.is_complex():
-            raise ValueError(f"SAGE cannot modulate complex parameters (got one of dtype {param.dtype}); leave it "
-                             "out of SAGE's params= (it then gets the base optimizer's plain update), or "
-                             "optimize torch.view_as_real(param) instead")
+SAGE_COMPLEX_REFUSAL = ("SAGE cannot modulate complex parameters", "leave it out of SAGE's params= (it then gets "
+                        "the base optimizer's plain update), or optimize torch.view_as_real(param) instead")
+"""check_parameters' refusal and fix for a complex parameter given to SAGE."""
 
 
 def finiteness_view(grad: Tensor) -> Tensor:
@@ -211,7 +202,7 @@ class SAGE(torch.optim.Optimizer):
         self.sage_eps = sage_eps
         self.check_finite = check_finite
         self.sage_params = self._chosen(params)
-        check_sage_parameters(self.sage_params)
+        check_parameters(self.sage_params, *SAGE_COMPLEX_REFUSAL)
         self._decay_coefficients()  # refuses weight decay it cannot keep unmodulated
         super().__setstate__({"state": defaultdict(dict)})
 
@@ -246,7 +237,7 @@ class SAGE(torch.optim.Optimizer):
         elif not isinstance(params, set):  # the base refuses a set; a generator is read once, here
             params = list(params)
         group = dict(param_group, params=params)
-        check_sage_parameters(params)
+        check_parameters(params, *SAGE_COMPLEX_REFUSAL)
         self._decay_coefficient(dict(self.defaults, **group))  # as the base will fill the group in
         self.optimizer.add_param_group(group)
         self.sage_params.extend(self.param_groups[-1]["params"])
@@ -349,7 +340,7 @@ class SAGE(torch.optim.Optimizer):
         state = self.state[param]
         if not state:
             state["step"] = 0
-            state["sensitivity_ema"] = torch.zeros_like(param, dtype=sensitivity_dtype(param),
+            state["sensitivity_ema"] = torch.zeros_like(param, dtype=working_dtype(param.dtype),
                                                         memory_format=torch.contiguous_format)
         state["step"] += 1
         return state
@@ -389,7 +380,7 @@ class SAGE(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Load a :meth:`state_dict`: the base's part into the base optimizer, Ī (in
-        :func:`sensitivity_dtype`) and t here. The SAGE part is checked before anything is loaded: a
+        :func:`.validation.working_dtype`) and t here. The SAGE part is checked before anything is loaded: a
         state dict that does not fit (ValueError, also the base's own) leaves everything as it was."""
         sage_state = self._sage_state_of(state_dict)
         base_state = {}
@@ -430,5 +421,5 @@ class SAGE(torch.optim.Optimizer):
                 raise ValueError(f"parameter {i}'s sensitivity_ema has shape {tuple(ema.shape)}, the parameter "
                                  f"{tuple(param.shape)}; load the state dict of a wrapper over the same parameters")
             sage_state[param] = {"step": int(entry["sage_step"]),
-                                 "sensitivity_ema": ema.to(param.device, sensitivity_dtype(param), copy=True)}
+                                 "sensitivity_ema": ema.to(param.device, working_dtype(param.dtype), copy=True)}
         return sage_state
