@@ -1,11 +1,14 @@
 """Shared fixtures: a tiny synthetic parallel corpus binarized by fairseq, and fairseq CLI runners."""
 
+import os
 import random
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from forked_cli import run_module
 
 REPO = Path(__file__).resolve().parents[1]
 USER_DIR = REPO / "fairseq_sage"
@@ -22,14 +25,18 @@ TINY_TRANSFORMER = [
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU; benchmarks/gpu_check.sh runs these (pytest -m cuda)")
+    # each test worker (pytest-xdist) and the processes it starts get their share of the cores: more
+    # threads than cores make torch's threads wait on each other (a 2-core machine ran the suite's
+    # fairseq trainings several times slower with 2 workers of 2 threads each)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // workers)))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def run_fairseq(tool: str, *args, check: bool = True) -> subprocess.CompletedProcess:
-    """Run a fairseq CLI (``train``, ``generate``, ``preprocess``) in this Python; return its output."""
-    proc = subprocess.run(
-        [sys.executable, "-m", f"fairseq_cli.{tool}", *map(str, args)],
-        capture_output=True, text=True,
-    )
+    """Run a fairseq CLI (``train``, ``generate``, ``preprocess``), ``python -m fairseq_cli.TOOL`` in a
+    process of its own (tests/forked_cli.py); return its output."""
+    proc = run_module(f"fairseq_cli.{tool}", *args)
     if check and proc.returncode != 0:
         raise AssertionError(f"fairseq-{tool} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc

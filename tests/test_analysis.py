@@ -2,8 +2,6 @@
 
 import csv
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import REPO, USER_DIR, run_fairseq, train_args
+from forked_cli import run_module
 from fairseq_sage.tools.analysis.cli import (
     AnalysisError, cli_main, load_model, parse_prune_by, parse_prune_levels, training_batches,
 )
@@ -45,14 +44,11 @@ def checkpoint(toy_data_bin, tmp_path_factory):
 def analysis(toy_data_bin, checkpoint, tmp_path_factory):
     """The CLI's output folder and its stdout."""
     output_dir = tmp_path_factory.mktemp("analysis") / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "fairseq_sage.tools.analysis", toy_data_bin, "--path", checkpoint,
-         "--user-dir", USER_DIR, "--num-batches", str(NUM_BATCHES), "--max-tokens", str(MAX_TOKENS),
-         "--prune-levels", ",".join(f"{p:g}" for p in LEVELS), "--prune-by", "sensitivity,magnitude",
-         "--output-dir", output_dir, "--seed", str(SEED),
-         "--beam", "5", "--gen-subset", "valid", "--cpu"],
-        capture_output=True, text=True, cwd=REPO,
-    )
+    proc = run_module(
+        "fairseq_sage.tools.analysis", toy_data_bin, "--path", checkpoint,
+        "--user-dir", USER_DIR, "--num-batches", str(NUM_BATCHES), "--max-tokens", str(MAX_TOKENS),
+        "--prune-levels", ",".join(f"{p:g}" for p in LEVELS), "--prune-by", "sensitivity,magnitude",
+        "--output-dir", output_dir, "--seed", str(SEED), "--beam", "5", "--gen-subset", "valid", "--cpu", cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return output_dir, proc.stdout
 
@@ -417,11 +413,8 @@ def test_the_cli_stops_on_what_it_cannot_analyse_with_one_line(
         "output_under_a_file": f"--output-dir {output}: {blocker} is a file, not a folder; give a folder you can write to",
     }[case]
     before = sorted(unwritable_folder.iterdir())
-    proc = subprocess.run(
-        [sys.executable, "-m", "fairseq_sage.tools.analysis", data, "--path", model, "--output-dir", output,
-         "--num-batches", "1", "--prune-levels", "0", "--cpu"],
-        capture_output=True, text=True, cwd=REPO,
-    )
+    proc = run_module("fairseq_sage.tools.analysis", data, "--path", model, "--output-dir", output,
+                      "--num-batches", "1", "--prune-levels", "0", "--cpu", cwd=REPO)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
     assert errors == [f"fairseq-sage-analyze: error: {expected}"] == proc.stderr.splitlines()[-1:], proc.stderr[-3000:]

@@ -16,6 +16,7 @@ from fairseq_sage.tools.average_checkpoints import (
 from fairseq_sage.checkpoints import load_checkpoint
 
 from conftest import REPO, TINY_TRANSFORMER, USER_DIR, run_fairseq
+from forked_cli import run_module
 
 
 def fake_checkpoint(weight, bias, step):
@@ -256,8 +257,7 @@ def test_output_is_written_atomically(tmp_path, monkeypatch, capsys):
 
 def average_cli(*argv):
     """The real command line: ``python -m fairseq_sage.tools.average_checkpoints ARGV``."""
-    return subprocess.run([sys.executable, "-m", "fairseq_sage.tools.average_checkpoints", *map(str, argv)],
-                          cwd=REPO, capture_output=True, text=True)
+    return run_module("fairseq_sage.tools.average_checkpoints", *argv, cwd=REPO)
 
 
 def assert_one_error_line(proc, expected):

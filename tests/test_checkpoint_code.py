@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from conftest import REPO, TINY_TRANSFORMER, USER_DIR, run_fairseq, train_args
+from forked_cli import run_module
 from fairseq_sage.checkpoints import CheckpointError, load_checkpoint
 
 fairseq_options = pytest.importorskip("fairseq.options")
@@ -55,14 +56,18 @@ def genuine_argv(data_bin: Path, save_dir: Path, name: str) -> list:
 
 
 def fairseq(tool, *args, env=None, plugin=True) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", f"fairseq_cli.{tool}", *map(str, args)]
-    return run(command + (["--user-dir", str(USER_DIR)] if plugin else []), env)
+    return run_module(f"fairseq_cli.{tool}", *args, *(["--user-dir", USER_DIR] if plugin else []),
+                      env=environment(env), cwd=REPO)
+
+
+def environment(env=None) -> dict:
+    """This process's environment less TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD, with ``env``."""
+    return dict({k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}, **(env or {}))
 
 
 def run(command, env=None, cwd=REPO) -> subprocess.CompletedProcess:
-    environment = {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}
-    return subprocess.run([str(c) for c in command], cwd=cwd, env=dict(environment, **(env or {})),
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run([str(c) for c in command], cwd=cwd, env=environment(env), capture_output=True, text=True,
+                          timeout=900)
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,15 @@ SHAPES = [(7,), (5, 3), (2, 3, 4), (33, 17)]
 STEPS = 12
 
 
+@pytest.fixture(autouse=True)
+def two_threads():
+    """torch's 2 threads, whatever the suite's share of the cores: the kernel splits its work between them."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(saved)
+
+
 def make_params(dtypes=DTYPES, shapes=SHAPES, seed=0):
     """One parameter per shape and dtype; the first holds exact zeros, as fairseq's biases do."""
     generator = torch.Generator().manual_seed(seed)

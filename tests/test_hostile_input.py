@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from conftest import REPO, USER_DIR, train_args
+from forked_cli import run_module
 from data_prep import download
 from data_prep.cli import DataPrepError
 from fairseq_sage import AdamaxSAGE, AdamSAGE, LionSAGE, SGDSAGE
@@ -38,7 +39,8 @@ def run(command, env_update=None) -> subprocess.CompletedProcess:
 
 
 def fairseq(tool, *args, env_update=None) -> subprocess.CompletedProcess:
-    return run([sys.executable, "-m", f"fairseq_cli.{tool}", *args], env_update)
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}
+    return run_module(f"fairseq_cli.{tool}", *args, env=dict(env, **(env_update or {})), cwd=REPO, timeout=600)
 
 
 # --- gradients ---------------------------------------------------------------------------------------

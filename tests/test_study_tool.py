@@ -372,3 +372,64 @@ def test_the_analysis_csvs_are_read_with_their_names_as_text(tmp_path):
     assert read_csv(tmp_path / "pruning_bleu.csv") == [{"criterion": "magnitude", "prune_percent": 50.0, "bleu": 31.25}]
     assert read_csv(tmp_path / "zero_sensitivity.csv") == [{"type": "ffn", "cause": "dead_relu_unit", "weights": 12.0,
                                                              "fraction_of_type": 0.5}]
+
+
+def test_an_incumbent_competes_in_the_selection_while_widening_follows_the_grids_own_best(tmp_path):
+    """The incumbent lr 5e-3 (below the grid) wins the selection; the grid's own best, lr 2e-2, lies at its top
+    edge, so lr 3e-2 is still tried; the incumbent's seeds follow."""
+    text = (TINY_STUDY.replace("grid = {{ lr = [1e-2] }}", "grid = {{ lr = [1e-2, 2e-2] }}\nincumbents = [{{ lr = 5e-3 }}]")
+            .replace("lr = [3e-3, 1e-2]", "lr = [3e-3]").replace("max_widen = 0", "max_widen = 1"))
+    config = StudyConfig(write_study(tmp_path, tmp_path, text))
+
+    def record(name, bleu):
+        write_record(tmp_path / "records" / f"{name}.json.gz", {
+            "curve": [{"num_updates": 10.0, "bleu": bleu, "loss": 4.0}], "train": [], "epochs": [{"loss": 4.5}],
+            "wall_seconds": 1.0, "scores": {}})
+
+    assert [r.name for r in outcome(config).grid if r.optimizer == "adam_sage"] == [
+        "adam_sage-lr=1e-2-seed=1", "adam_sage-lr=2e-2-seed=1", "adam_sage-lr=5e-3-seed=1"]
+    for name, bleu in (("adam-lr=3e-3-seed=1", 1), ("adam_sage-lr=1e-2-seed=1", 3),
+                       ("adam_sage-lr=2e-2-seed=1", 5), ("adam_sage-lr=5e-3-seed=1", 8)):
+        record(name, bleu)
+    result = outcome(config)
+    assert [r.name for r in result.pending(result.grid)] == ["adam_sage-lr=3e-2-seed=1"]
+    record("adam_sage-lr=3e-2-seed=1", 4)
+    result = outcome(config)
+    assert result.chosen["adam_sage"].name == "adam_sage-lr=5e-3-seed=1"
+    assert [r.name for r in result.pending(result.finals)] == ["adam-lr=3e-3-seed=2", "adam_sage-lr=5e-3-seed=2"]
+    grid = Report(config, result).grid_section()
+    assert "| Adam-SAGE | lr 5e-3 (incumbent) | 8.00 |" in grid and "| Adam-SAGE | lr 3e-2 | 4.00 |" in grid
+
+
+@pytest.mark.parametrize("incumbent, message", [
+    ("{{ sage_beta0 = 0.6 }}", "optimizers.adam_sage: incumbents[0]: give exactly the grid's axes (lr), got sage_beta0"),
+    ('{{ lr = "5e-3" }}', "optimizers.adam_sage.incumbents.0.lr: should be a number (got '5e-3')"),
+])
+def test_an_incumbent_without_the_grids_axes_is_one_line(tmp_path, capsys, incumbent, message):
+    text = TINY_STUDY.replace("grid = {{ lr = [1e-2] }}", f"grid = {{{{ lr = [1e-2] }}}}\nincumbents = [{incumbent}]")
+    config = write_study(tmp_path, Path("/nowhere/data-bin"), text)
+    assert cli.main(["plan", str(config)]) == 1
+    assert capsys.readouterr().err == f"fairseq-sage-study: error: {config}: {message}\n"
+
+
+def test_the_reproduction_section_compares_runs_an_earlier_study_recorded(tmp_path, capsys):
+    text = TINY_STUDY.replace("max_widen = 0", 'max_widen = 0\nreproduce = "earlier"')
+    path = write_study(tmp_path, tmp_path, text)
+    assert cli.main(["plan", str(path)]) == 1
+    assert capsys.readouterr().err == (f"fairseq-sage-study: error: {path}: selection.reproduce: {tmp_path}/earlier: "
+                                       "no such folder (give an earlier study's records)\n")
+
+    def record(folder, name, bleu, loss, test):
+        write_record(tmp_path / folder / f"{name}.json.gz", {
+            "curve": [{"num_updates": 10.0, "bleu": bleu - 1, "loss": 5.0}, {"num_updates": 20.0, "bleu": bleu, "loss": loss}],
+            "train": [], "epochs": [], "wall_seconds": 1.0, "scores": {"checkpoint_avg": {"test": {"bleu": test}}}})
+
+    record("earlier", "adam-lr=3e-3-seed=1", 30.0, 4.0, 33.3)
+    record("earlier", "adam-lr=6e-3-seed=1", 31.0, 4.0, 34.0)  # not a run of this study
+    record("records", "adam-lr=3e-3-seed=1", 30.0, 4.0, 33.1)
+    record("records", "adam-lr=1e-2-seed=1", 29.0, 4.1, 32.0)  # not in the earlier study
+    section = Report(StudyConfig(path), outcome(StudyConfig(path))).reproduction_section()
+    assert "2 of 3 figures repeated to the second decimal" in section
+    assert "| adam-lr=3e-3-seed=1 | best greedy validation BLEU | 30.00 | 30.00 | +0.00 |" in section
+    assert "| adam-lr=3e-3-seed=1 | BLEU, average of the last 2 epochs, test | 33.30 | 33.10 | -0.20 |" in section
+    assert "adam-lr=6e-3" not in section and "adam-lr=1e-2" not in section

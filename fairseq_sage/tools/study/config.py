@@ -65,6 +65,16 @@ class Optimizer(Schema):
     flags: List[str]  # e.g. ["--optimizer", "adam_sage", "--adam-betas", "(0.9, 0.98)"]
     grid: Dict[str, List[Number]]  # axis (a fairseq-train flag without "--", "_" for "-") -> values
     limits: Dict[str, List[Number]] = {}  # axis -> [low, high]: widening stays strictly inside
+    incumbents: List[Dict[str, Number]] = []  # settings beside the grid (an earlier study's best, each axis given):
+    # trained at the first seed, they compete in the selection; widening looks at the grid's own best only
+
+    @model_validator(mode="after")
+    def incumbents_name_every_axis(self):
+        for i, setting in enumerate(self.incumbents):
+            if set(setting) != set(self.grid):
+                raise ValueError(f"incumbents[{i}]: give exactly the grid's axes ({', '.join(self.grid)}), "
+                                 f"got {', '.join(setting) or 'none'}")
+        return self
 
 
 class Selection(Schema):
@@ -73,6 +83,8 @@ class Selection(Schema):
     model: Literal["checkpoint_best", "checkpoint_avg"] = "checkpoint_best"
     seeds: List[StrictInt]
     max_widen: StrictInt = 2  # values each axis may gain by widening
+    reproduce: Optional[str] = None  # an earlier study's records folder: the runs recorded there under the
+    # same name are trained again here, and the report compares their scores (a deterministic run repeats them)
 
 
 class Score(Schema):
@@ -170,6 +182,10 @@ class StudyConfig:
         self.workdir = self.resolve(self.study.workdir)
         self.records = self.resolve(self.study.records)
         self.report = self.resolve(self.study.report.path)
+        self.reproduce = self.resolve(self.study.selection.reproduce) if self.study.selection.reproduce else None
+        if self.reproduce and not self.reproduce.is_dir():
+            raise ConfigError(f"{path}: selection.reproduce: {self.reproduce}: no such folder (give an earlier "
+                              "study's records)")
 
     def resolve(self, text: str) -> Path:
         """``text`` as a path, ``{workdir}`` substituted, relative to the configuration's folder."""

@@ -39,13 +39,21 @@ class Run:
         return flags + ["--seed", str(self.seed)]
 
 
-def grid_runs(study: Study, grids: Dict[str, Dict[str, List[float]]]) -> List[Run]:
-    """Every setting of every optimizer's grid, with the first seed."""
+def grid_runs(study: Study, grids: Dict[str, Dict[str, List[float]]], incumbents: bool = True) -> List[Run]:
+    """Every setting of every optimizer's grid, then (unless ``incumbents`` is false) its incumbents
+    not in the grid, with the first seed."""
     runs = []
     for optimizer, grid in grids.items():
         for values in itertools.product(*grid.values()):
             runs.append(Run(optimizer, tuple(zip(grid, values)), study.selection.seeds[0]))
+        for setting in study.optimizers[optimizer].incumbents if incumbents else []:
+            run = Run(optimizer, tuple((axis, setting[axis]) for axis in grid), study.selection.seeds[0])
+            runs += [] if run in runs else [run]
     return runs
+
+
+def is_incumbent(study: Study, run: Run) -> bool:
+    return dict(run.setting) in study.optimizers[run.optimizer].incumbents
 
 
 def initial_grids(study: Study) -> Dict[str, Dict[str, List[float]]]:
@@ -57,9 +65,9 @@ def best(runs: Sequence[Run], score: Dict[Run, Optional[float]], loss: Dict[Run,
     return max(runs, key=lambda run: (score[run], -loss[run]))
 
 
-def select(study: Study, grids, score, loss) -> Dict[str, Run]:
-    """Each optimizer's best grid run."""
-    runs = grid_runs(study, grids)
+def select(study: Study, grids, score, loss, incumbents: bool = True) -> Dict[str, Run]:
+    """Each optimizer's best grid run (among the grid's own settings where ``incumbents`` is false)."""
+    runs = grid_runs(study, grids, incumbents)
     return {opt: best([r for r in runs if r.optimizer == opt], score, loss) for opt in study.optimizers}
 
 
@@ -77,8 +85,9 @@ def beyond(values: List[float], edge: float, limits: Optional[List[float]]) -> f
 
 
 def widen(study: Study, grids, chosen: Dict[str, Run]) -> Dict[str, Dict[str, List[float]]]:
-    """The grids with one value added beyond each axis whose best value is at an edge (every axis, while
-    it has gained fewer than selection.max_widen values); the same grids where none is."""
+    """The grids with one value added beyond each axis whose best value (``chosen``: each grid's own best,
+    incumbents aside) is at an edge, while the axis has gained fewer than selection.max_widen values; the
+    same grids where none is."""
     wider = {opt: {axis: list(values) for axis, values in grid.items()} for opt, grid in grids.items()}
     for opt, run in chosen.items():
         config = study.optimizers[opt]

@@ -14,8 +14,9 @@ from matplotlib.figure import Figure
 from fairseq_sage.files import replaced_atomically, write_atomic
 
 from .config import StudyConfig
-from .plan import Run, number, seed_runs
+from .plan import Run, is_incumbent, number, seed_runs
 from .stats import bootstrap_reading, paired_difference, significant, t_interval, verdict
+from .steps import read_record
 from .study import PAIRED_FILE, Outcome, best_loss, outcome, selection_score
 
 MODEL_LABELS = {"checkpoint_best": "checkpoint_best.pt"}
@@ -219,6 +220,7 @@ class Report:
         for run in self.result.grid:
             record = self.result.records.get(run)
             setting = ", ".join(f"{axis} {number(value)}" for axis, value in run.setting)
+            setting += " (incumbent)" if is_incumbent(self.study, run) else ""
             if record is None:
                 rows.append([self.labels[run.optimizer], setting, "pending", "", "", "", ""])
                 continue
@@ -230,6 +232,32 @@ class Report:
              "wall (s)"], rows) + f"\nSelection BLEU: {self.selection_text()}. Losses as fairseq logs them (bits "
                                   "per token).\n")
 
+    def reproduction_section(self) -> str:
+        """The runs that the earlier study of selection.reproduce recorded under the same name: its scores
+        and this study's, side by side (a deterministic retraining repeats them to the digit)."""
+        if self.config.reproduce is None:
+            return ""
+        rows, same, compared = [], 0, 0
+        for run, record in sorted(self.result.records.items(), key=lambda item: item[0].name):
+            path = self.config.reproduce / f"{run.name}.json.gz"
+            if not path.is_file():
+                continue
+            earlier = read_record(path)
+            pairs = [("best greedy validation BLEU", *(max(row.get("bleu", -math.inf) for row in r["curve"])
+                                                        for r in (earlier, record))),
+                     ("last validation loss", earlier["curve"][-1]["loss"], record["curve"][-1]["loss"])]
+            pairs += [(f"BLEU, {self.model_label(model)}, {name}", earlier["scores"][model][name]["bleu"], scores["bleu"])
+                      for model, by_set in record["scores"].items() for name, scores in by_set.items()
+                      if name in earlier["scores"].get(model, {})]
+            for what, before, now in pairs:
+                rows.append([run.name, what, f"{before:.2f}", f"{now:.2f}", f"{now - before:+.2f}"])
+                same, compared = same + (round(before, 2) == round(now, 2)), compared + 1
+        if not rows:
+            return ""
+        return (f"### Reproduction\n\nRuns that the records in `{self.study.selection.reproduce}` hold under the same "
+                f"name, trained again here: {same} of {compared} figures repeated to the second decimal.\n\n"
+                + table(["run", "figure", "recorded earlier", "this study", "difference"], rows))
+
     def selection_text(self) -> str:
         selection = self.study.selection
         if selection.set is None:
@@ -240,6 +268,8 @@ class Report:
         study = self.study
         grids = "; ".join(f"{self.labels[opt]} " + " × ".join(f"{axis} ∈ {{{', '.join(map(number, values))}}}"
                                                                for axis, values in grid.items())
+                          + "".join(f" and incumbent {', '.join(f'{a} {number(v)}' for a, v in setting.items())}"
+                                    for setting in study.optimizers[opt].incumbents)
                           for opt, grid in self.result.grids.items())
         budget = (f"{self.result.max_update} updates per run" if study.train.max_update else
                   f"{self.result.max_update} updates per run, from the budget run's curve (first N where the "
@@ -342,7 +372,7 @@ class Report:
         figure_text = "".join(f"![{name}]({figure_folder}/{name})\n\n{caption}\n\n" for name, caption in figures)
         sections = [self.verdict_section(), self.scores_section(), self.target_section(), self.prunability_section(),
                     self.sensitivity_section(), self.cost_section(), self.design_section(),
-                    self.grid_section(), "### Figures\n\n" + (figure_text or "None yet.\n")]
+                    self.grid_section(), self.reproduction_section(), "### Figures\n\n" + (figure_text or "None yet.\n")]
         return (f"# {self.study.report.title}\n\n<!-- written by fairseq-sage-study report {config_shown}: "
                 "do not edit by hand -->\n\n" + (self.study.report.intro + "\n\n" if self.study.report.intro else "")
                 + status + "\n\n" + "\n".join(s for s in sections if s)

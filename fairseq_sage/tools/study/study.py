@@ -76,7 +76,7 @@ def outcome(config: StudyConfig) -> Outcome:
         score = {run: selection_score(config, result.records[run]) for run in result.grid}
         loss = {run: best_loss(result.records[run]) for run in result.grid}
         result.chosen = select(study, grids, score, loss)
-        wider = widen(study, grids, result.chosen)
+        wider = widen(study, grids, select(study, grids, score, loss, incumbents=False))
         if wider == grids:
             break
         grids = wider
