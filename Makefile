@@ -14,7 +14,7 @@ quickstart: $(STAMP)
 	@PYTHON=$(CURDIR)/$(VENV)/bin/python bash recipes/multi30k/run.sh $(ARGS)
 
 test: $(STAMP)
-	@$(VENV)/bin/python -m pytest -q -n auto --dist loadfile tests
+	@$(VENV)/bin/python -m pytest -q -n auto --dist loadfile --durations=15 tests
 
 $(STAMP): setup.py constraints.txt scripts/setup_venv.sh
 	@bash scripts/setup_venv.sh $(PYTHON) $(VENV)

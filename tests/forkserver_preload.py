@@ -74,7 +74,9 @@ def replay_import_logging() -> None:
 
 
 def set_threads(env: dict) -> None:
-    """torch's intra-op threads as a new process with ``env`` would start with them."""
+    """torch's intra-op threads as a new process with ``env`` would start with them: OMP_NUM_THREADS,
+    at most the default (a fresh torch caps it there; tests/test_forked_cli.py compares)."""
     import torch
 
-    torch.set_num_threads(int(env["OMP_NUM_THREADS"]) if env.get("OMP_NUM_THREADS") else DEFAULT_THREADS)
+    requested = int(env["OMP_NUM_THREADS"]) if env.get("OMP_NUM_THREADS") else DEFAULT_THREADS
+    torch.set_num_threads(min(requested, DEFAULT_THREADS))

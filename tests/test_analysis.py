@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import REPO, USER_DIR, run_fairseq, train_args
+from conftest import REPO, USER_DIR, run_fairseq
 from forked_cli import run_module
 from fairseq_sage.tools.analysis.cli import (
     AnalysisError, cli_main, load_model, parse_prune_by, parse_prune_levels, training_batches,
@@ -29,15 +29,9 @@ LAYER_TYPES = [
 
 
 @pytest.fixture(scope="module")
-def checkpoint(toy_data_bin, tmp_path_factory):
+def checkpoint(trained_toy):
     """A tiny transformer trained until it translates the toy corpus reasonably (BLEU ~20)."""
-    save_dir = tmp_path_factory.mktemp("analysis_model")
-    run_fairseq("train", *train_args(
-        toy_data_bin, save_dir, "--max-update", "100", "--max-tokens", str(MAX_TOKENS), "--lr", "2e-2",
-        "--dropout", "0", "--disable-validation", "--save-interval", "1000", "--no-epoch-checkpoints",
-        "--log-interval", "50",
-    ))
-    return save_dir / "checkpoint_last.pt"
+    return trained_toy / "checkpoint_last.pt"
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from fairseq_sage.tools.average_checkpoints import (
 )
 from fairseq_sage.checkpoints import load_checkpoint
 
-from conftest import REPO, TINY_TRANSFORMER, USER_DIR, run_fairseq
+from conftest import REPO, USER_DIR, run_fairseq
 from forked_cli import run_module
 
 
@@ -197,24 +197,13 @@ def test_cli_module_entry_point(tmp_path):
     )
 
 
-@pytest.fixture(scope="module")
-def trained_run(toy_data_bin, tmp_path_factory):
-    """Three epochs of a tiny transformer with fairseq-train: checkpoint1..3.pt."""
-    save_dir = tmp_path_factory.mktemp("tiny_run") / "checkpoints"
-    run_fairseq(
-        "train", toy_data_bin, "--user-dir", USER_DIR, *TINY_TRANSFORMER, "--share-all-embeddings",
-        "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "1000", "--max-epoch", "3",
-        "--save-dir", save_dir, "--no-progress-bar", "--seed", "3", "--cpu", "--num-workers", "0",
-    )  # fmt: skip
-    return toy_data_bin, save_dir
-
-
-def test_averaged_fairseq_checkpoint_loads_in_fairseq_generate(trained_run, tmp_path):
-    data_bin, save_dir = trained_run
+def test_averaged_fairseq_checkpoint_loads_in_fairseq_generate(toy_data_bin, trained_toy, tmp_path):
+    data_bin, save_dir = toy_data_bin, trained_toy
     out = tmp_path / "avg3.pt"
     assert cli_main(["--inputs", str(save_dir), "--num-epoch-checkpoints", "3", "--output", str(out)]) == 0
 
-    states = [load_checkpoint(str(save_dir / f"checkpoint{e}.pt")) for e in (1, 2, 3)]
+    last_epochs = sorted(int(path.stem.removeprefix("checkpoint")) for path in save_dir.glob("checkpoint[0-9]*.pt"))[-3:]
+    states = [load_checkpoint(str(save_dir / f"checkpoint{e}.pt")) for e in last_epochs]
     averaged = load_checkpoint(str(out))
     key = "decoder.layers.0.fc1.weight"
     expected = sum(s["model"][key].double() for s in states) / 3
