@@ -24,11 +24,15 @@ def test_installed_package_folder_works_as_user_dir(toy_data_bin, tmp_path):
         check=True, capture_output=True, text=True, cwd=tmp_path, env=env,
     ).stdout.strip()
     assert user_dir == str(site / "fairseq_sage")
+    # the fused kernel's source ships with the package (built at its first use there: the other tests build
+    # and run it from the source folder; built again from here it would add half a minute to the suite)
+    shipped = site / "fairseq_sage" / "optim" / "csrc" / "fused_cpu.cpp"
+    assert shipped.read_bytes() == (REPO / "fairseq_sage" / "optim" / "csrc" / "fused_cpu.cpp").read_bytes()
 
     proc = subprocess.run(
         [sys.executable, "-m", "fairseq_cli.train", toy_data_bin, "--user-dir", user_dir, *TINY_TRANSFORMER,
-         "--optimizer", "adam_sage", "--lr", "1e-3", "--max-tokens", "400", "--max-update", "2",
-         "--cpu", "--save-dir", tmp_path / "checkpoints", "--no-progress-bar"],
+         "--optimizer", "adam_sage", "--sage-impl", "foreach", "--lr", "1e-3", "--max-tokens", "400",
+         "--max-update", "2", "--cpu", "--save-dir", tmp_path / "checkpoints", "--no-progress-bar"],
         capture_output=True, text=True, cwd=tmp_path, env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
