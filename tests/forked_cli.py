@@ -1,6 +1,7 @@
 """``python -m MODULE ARGS`` for the suite's fairseq command lines, forked from a process that has
 imported torch and fairseq already (multiprocessing's forkserver, one per test worker), so that each
-of several hundred runs does not import them again (about 4 s of CPU each on 2 cores).
+of several hundred runs does not import them again (about 6 s of CPU each: torch, fairseq, and
+torch._dynamo, which torch.optim imports at the first optimizer).
 
 The child is a new process in everything a test looks at: its own working folder, environment,
 sys.path (the working folder, PYTHONPATH, then the interpreter's own), thread count, stdout and

@@ -1,11 +1,11 @@
-"""What the forkserver of tests/forked_cli.py imports before it forks a child: torch and the fairseq
-modules that fairseq's command lines import (not fairseq_cli's nor our plugin; torch._dynamo, which
-torch.optim imports at the first optimizer), with their
-import-time warnings sent to /dev/null (a fresh process prints them once, before the command's own
-output); the interpreter's own sys.path; torch's thread count without OMP_NUM_THREADS, for the
-children whose environment does not set it; and what importing fairseq does to the root logger
-(one of its models calls ``logging.basicConfig(level=DEBUG)``), undone here and replayed by each
-child where its own first fairseq import would do it."""
+"""What the forkserver of tests/forked_cli.py imports before it forks a child: torch, torch._dynamo
+(which torch.optim imports at the first optimizer) and the fairseq modules that fairseq's command
+lines import (not fairseq_cli's nor our plugin), with their import-time warnings sent to /dev/null (a
+fresh process prints them once, before the command's own output); the interpreter's own sys.path;
+torch's thread count without OMP_NUM_THREADS, for the children whose environment does not set it;
+and what importing fairseq does to the root logger (one of its models calls
+``logging.basicConfig(level=DEBUG)``), undone here and replayed by each child where its own first
+fairseq import would do it."""
 
 import json
 import logging

@@ -1,7 +1,9 @@
-"""What several test files share: readers of fairseq's console output, the SAGE multiplier written
-from its equations, gradient sequences, and ``--optimizer sage`` built from flags."""
+"""What several test files share: readers of fairseq's console output, the environment of a
+subprocess with torch's own torch.load default, the SAGE multiplier written from its equations,
+gradient sequences, and ``--optimizer sage`` built from flags."""
 
 import argparse
+import os
 import re
 
 import torch
@@ -22,6 +24,13 @@ def train_log_of_text(text: str) -> list:
 def train_log(proc) -> list:
     """(num_updates, loss, lr) of every train_inner line of a finished fairseq-train process."""
     return train_log_of_text(proc.stdout + proc.stderr)
+
+
+def torch_default_environment(extra=None) -> dict:
+    """This process's environment without TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD (so that torch.load keeps its
+    own default), with ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}
+    return dict(env, **(extra or {}))
 
 
 def reference_multiplier(theta, grad, ema, t, beta0, eps):

@@ -15,7 +15,7 @@ from forked_cli import run_module
 from fairseq_sage.tools.analysis.cli import (
     AnalysisError, cli_main, load_model, parse_prune_by, parse_prune_levels, training_batches,
 )
-from fairseq_sage.tools.analysis.pruning import SensitivityRanking, prunable, prune_, pruning_scores
+from fairseq_sage.tools.analysis.pruning import SensitivityRanking, largest_selected, prunable, prune_, pruning_scores
 from fairseq_sage.tools.analysis.sensitivity import average_sensitivity, parameter_type
 from fairseq_sage.tools.analysis.zero_sensitivity import record_activity, zero_sensitivity_causes
 
@@ -293,13 +293,12 @@ def test_dead_relu_units_and_unused_rows_are_attributed():
 
 
 def test_ranking_breaks_ties_by_position():
-    ranking = SensitivityRanking(
-        {"a": torch.tensor([0.0, 1.0, 1.0]), "b": torch.tensor([[1.0, 0.0], [2.0, 3.0]])}
-    )
+    scores = {"a": torch.tensor([0.0, 1.0, 1.0]), "b": torch.tensor([[1.0, 0.0], [2.0, 3.0]])}
+    ranking = SensitivityRanking(scores)
     masks = ranking.least_sensitive(50)  # round(3.5) = 4 of 7 elements: both zeros, then a's ones
     assert masks["a"].tolist() == [True, True, True]
     assert masks["b"].tolist() == [[False, True], [False, False]]
-    assert ranking.threshold(50) == 1.0 and ranking.threshold(0) == 0.0
+    assert largest_selected(scores, masks) == 1.0 and largest_selected(scores, ranking.least_sensitive(0)) == 0.0
     assert not any(m.any() for m in ranking.least_sensitive(0).values())
 
 

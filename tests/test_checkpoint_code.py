@@ -14,7 +14,6 @@ with ``--sage-params 'fc[12]'`` in ``--save-dir 'run(2)/exp[1]'`` load and resum
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import torch
 
 from conftest import REPO, TINY_TRANSFORMER, USER_DIR, run_fairseq, train_args
 from forked_cli import run_module
+from helpers import torch_default_environment
 from fairseq_sage.checkpoints import CheckpointError, load_checkpoint
 
 fairseq_options = pytest.importorskip("fairseq.options")
@@ -57,17 +57,12 @@ def genuine_argv(data_bin: Path, save_dir: Path, name: str) -> list:
 
 def fairseq(tool, *args, env=None, plugin=True) -> subprocess.CompletedProcess:
     return run_module(f"fairseq_cli.{tool}", *args, *(["--user-dir", USER_DIR] if plugin else []),
-                      env=environment(env), cwd=REPO)
-
-
-def environment(env=None) -> dict:
-    """This process's environment less TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD, with ``env``."""
-    return dict({k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}, **(env or {}))
+                      env=torch_default_environment(env), cwd=REPO)
 
 
 def run(command, env=None, cwd=REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([str(c) for c in command], cwd=cwd, env=environment(env), capture_output=True, text=True,
-                          timeout=900)
+    return subprocess.run([str(c) for c in command], cwd=cwd, env=torch_default_environment(env), capture_output=True,
+                          text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")

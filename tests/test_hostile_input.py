@@ -16,6 +16,7 @@ import torch
 
 from conftest import REPO, USER_DIR, train_args
 from forked_cli import run_module
+from helpers import torch_default_environment
 from data_prep import download
 from data_prep.cli import DataPrepError
 from fairseq_sage import AdamaxSAGE, AdamSAGE, LionSAGE, SGDSAGE
@@ -32,15 +33,12 @@ OPTIMIZERS = {
 def run(command, env_update=None) -> subprocess.CompletedProcess:
     """Run ``command`` from the repository root, in this environment (torch's own default for
     ``torch.load``, unless ``env_update`` says otherwise)."""
-    env = {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}
-    env.update(env_update or {})
-    return subprocess.run([str(c) for c in command], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run([str(c) for c in command], cwd=REPO, env=torch_default_environment(env_update),
+                          capture_output=True, text=True, timeout=600)
 
 
 def fairseq(tool, *args, env_update=None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}
-    return run_module(f"fairseq_cli.{tool}", *args, env=dict(env, **(env_update or {})), cwd=REPO, timeout=600)
+    return run_module(f"fairseq_cli.{tool}", *args, env=torch_default_environment(env_update), cwd=REPO, timeout=600)
 
 
 # --- gradients ---------------------------------------------------------------------------------------

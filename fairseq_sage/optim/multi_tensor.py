@@ -27,13 +27,12 @@ from torch import Tensor
 
 from .base_steps import BaseOptimizer, Constants, Scalars, group_constants, step_scalars
 from .functional import sage_multiplier_foreach_
-from .validation import LOW_PRECISION_DTYPES
+from .validation import in_working_dtype
 
 __all__ = ["CHUNK_ELEMENTS", "update_chain_", "foreach_update_", "compiled_update_"]
 
 CHUNK_ELEMENTS = 1 << 18
 """At most this many elements (1 MB per float32 temporary: they stay in cache) per eager foreach batch."""
-
 
 
 def update_chain_(
@@ -120,8 +119,8 @@ def foreach_update_(base: BaseOptimizer, group: dict, params: Sequence[Tensor], 
     keys = state_keys(base, constants)
     for batch in batches(pieces(params, states, keys)):
         coefficients, corrections, decay = step_scalars(base, group, [p.owner for p in batch])
-        weights = [p.param.float() if p.param.dtype in LOW_PRECISION_DTYPES else p.param for p in batch]
-        grads = [p.grad.float() if p.grad.dtype in LOW_PRECISION_DTYPES else p.grad for p in batch]
+        weights = [in_working_dtype(p.param) for p in batch]
+        grads = [in_working_dtype(p.grad) for p in batch]
         batch_states = {key: [p.state[key] for p in batch] for key in keys}
         update_chain_(base, constants, weights, grads, batch_states, coefficients, corrections, decay)
         for piece, weight in zip(batch, weights):
@@ -155,8 +154,8 @@ def update_groups_(base: BaseOptimizer, groups: Sequence[GroupTensors], scalars:
         *coefficients, corrections = columns
         decay = values[offset]
         offset += 1
-        weights = [p.float() if p.dtype in LOW_PRECISION_DTYPES else p for p in group.params]
-        grads = [g.float() if g.dtype in LOW_PRECISION_DTYPES else g for g in group.grads]
+        weights = [in_working_dtype(p) for p in group.params]
+        grads = [in_working_dtype(g) for g in group.grads]
         update_chain_(base, group.constants, weights, grads, group.states, coefficients, corrections, decay)
         for param, weight in zip(group.params, weights):
             if weight is not param:

@@ -35,7 +35,7 @@ from . import base_steps, implementations
 from .functional import sage_multiplier_
 from .hyperparameters import SAGE_HYPERPARAMETERS, HyperParameter
 from .named_state import align_by_name
-from .validation import LOW_PRECISION_DTYPES, all_finite, check_hyperparameters, check_parameters
+from .validation import LOW_PRECISION_DTYPES, all_finite, check_hyperparameters, check_parameters, in_working_dtype
 
 __all__ = ["AdamSAGE", "AdamaxSAGE", "SGDSAGE", "LionSAGE", "NAdamSAGE", "SAGE_OPTIMIZERS"]
 
@@ -233,9 +233,8 @@ class _SAGEOptimizer(torch.optim.Optimizer):
 
     def _update_parameter(self, param: Tensor, state: dict, group: dict) -> None:
         """The reference update of one parameter, its ``state`` already advanced."""
-        low_precision = param.dtype in LOW_PRECISION_DTYPES
-        grad = param.grad.float() if param.grad.dtype in LOW_PRECISION_DTYPES else param.grad
-        weights = param.float() if low_precision else param
+        grad = in_working_dtype(param.grad)
+        weights = in_working_dtype(param)
         step = self._base.step(state, grad, group)
         if group["sage"]:
             multiplier = sage_multiplier_(
@@ -243,7 +242,7 @@ class _SAGEOptimizer(torch.optim.Optimizer):
             )
             step = step._replace(numerator=multiplier.mul_(step.numerator))
         base_steps.apply_step_(weights, step, group["lr"], group["weight_decay"])
-        if low_precision:
+        if weights is not param:  # a float32 copy of a half-precision parameter
             param.copy_(weights)
 
 

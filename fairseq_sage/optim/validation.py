@@ -3,7 +3,8 @@
 - :func:`check_hyperparameters`: every hyper-parameter a group holds is finite and within the
   bound its declaration gives (the registry's entries and SAGE's, :mod:`.hyperparameters`);
 - :func:`check_parameters`: a parameter the optimizers can update (not a complex one);
-- :func:`working_dtype`: the dtype a parameter is updated in and its SAGE state kept in;
+- :func:`working_dtype`: the dtype a parameter is updated in and its SAGE state kept in, and
+  :func:`in_working_dtype`: a tensor in it;
 - :func:`all_finite`: no NaN or infinity in the gradients of an update (else it is skipped);
 - :data:`LOW_PRECISION_DTYPES`: the dtypes updated through a float32 copy with float32 state.
 """
@@ -17,7 +18,7 @@ from . import base_steps, fused_cpu, hyperparameters
 from .hyperparameters import SAGE_HYPERPARAMETERS, HyperParameter
 
 __all__ = ["LOW_PRECISION_DTYPES", "KNOWN_HYPERPARAMETERS", "check_hyperparameters", "check_parameters", "all_finite",
-           "working_dtype"]
+           "working_dtype", "in_working_dtype"]
 
 LOW_PRECISION_DTYPES = (torch.float16, torch.bfloat16)
 """Parameter dtypes whose update is computed in float32 (as fairseq's own optimizers do), with
@@ -55,6 +56,12 @@ def working_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype a parameter of ``dtype`` is updated in and its SAGE state kept in: float32 for
     :data:`LOW_PRECISION_DTYPES`, else ``dtype`` itself."""
     return torch.float32 if dtype in LOW_PRECISION_DTYPES else dtype
+
+
+def in_working_dtype(tensor: Tensor) -> Tensor:
+    """``tensor`` in :func:`working_dtype`: a float32 copy of a float16/bfloat16 tensor, else the
+    tensor itself (no copy, no call on the update's hot path)."""
+    return tensor.float() if tensor.dtype in LOW_PRECISION_DTYPES else tensor
 
 
 def all_finite(tensors: List[Tensor], kernel: bool = False) -> bool:

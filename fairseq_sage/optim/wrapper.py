@@ -47,7 +47,7 @@ from .implementations import cpp_kernel_error, fall_back
 from .multi_tensor import batches, flat_slices
 from .hyperparameters import DEFAULT_SAGE_EPS
 from .optimizers import SAGE_OPTIMIZERS
-from .validation import LOW_PRECISION_DTYPES, all_finite, check_hyperparameters, check_parameters, working_dtype
+from .validation import all_finite, check_hyperparameters, check_parameters, in_working_dtype, working_dtype
 
 __all__ = ["SAGE", "DecayRule", "DECAY_RULES", "register_decay_rule", "decoupled", "coupled"]
 
@@ -348,10 +348,9 @@ class SAGE(torch.optim.Optimizer):
     def _modulate(self, batch: List["_Modulated"]) -> None:
         """θ ← (1 − c)·θ_old + m ⊙ (θ_new − (1 − c)·θ_old) for every (piece of a) parameter of
         ``batch``, advancing Ī (module doc), with foreach ops over the whole batch."""
-        def wide(tensors):
-            return [t.float() if t.dtype in LOW_PRECISION_DTYPES else t for t in tensors]
-
-        olds, grads, news = wide([m.old for m in batch]), wide([m.grad for m in batch]), wide([m.param for m in batch])
+        olds = [in_working_dtype(m.old) for m in batch]
+        grads = [in_working_dtype(m.grad) for m in batch]
+        news = [in_working_dtype(m.param) for m in batch]
         corrections = [bias_correction(self.beta0, m.step) for m in batch]
         emas = [m.ema for m in batch]
         multipliers = sage_multiplier_foreach_(emas, olds, grads, self.beta0, corrections, self.sage_eps)

@@ -29,7 +29,7 @@ from fairseq.tasks.translation import TranslationTask
 from ... import fairseq as _plugin  # noqa: F401  (our optimizers and fairseq's hardened checkpoint loader)
 
 from .bleu import corpus_bleu, translate_subset
-from .pruning import PRUNING_CRITERIA, SensitivityRanking, prune_, pruning_scores
+from .pruning import PRUNING_CRITERIA, SensitivityRanking, largest_selected, prune_, pruning_scores
 from .report import plot_pruning_curve, plot_sensitivity_by_type, write_csv
 from .sensitivity import average_sensitivity, sensitivity_by_type, summarize
 from .zero_sensitivity import record_activity, zero_sensitivity_causes
@@ -244,8 +244,8 @@ def pruning_curve(
                 "prune_percent": percent,
                 "pruned_weights": pruned,
                 "prunable_weights": ranking.size,
-                "sensitivity_threshold": _largest_selected(scores["sensitivity"], masks),
-                "magnitude_threshold": _largest_selected(scores["magnitude"], masks),
+                "sensitivity_threshold": largest_selected(scores["sensitivity"], masks),
+                "magnitude_threshold": largest_selected(scores["magnitude"], masks),
                 "bleu": bleu,
             })
             print(f"{PROG}: pruned {percent:g}% by {criterion} ({pruned} of {ranking.size} non-embedding "
@@ -253,11 +253,6 @@ def pruning_curve(
     _copy_into(params, original)
     print(f"{PROG}: BLEU signature: {signature}")
     return rows
-
-
-def _largest_selected(values: Dict[str, torch.Tensor], masks: Dict[str, torch.Tensor]) -> float:
-    """The largest element of ``values`` selected by ``masks`` (0.0 if none is)."""
-    return max((float(values[name][mask].max()) for name, mask in masks.items() if mask.any()), default=0.0)
 
 
 @torch.no_grad()

@@ -8,7 +8,8 @@ from torch import Tensor
 
 from .sensitivity import parameter_type
 
-__all__ = ["PRUNING_CRITERIA", "UNPRUNED_TYPES", "SensitivityRanking", "prunable", "prune_", "pruning_scores"]
+__all__ = ["PRUNING_CRITERIA", "UNPRUNED_TYPES", "SensitivityRanking", "largest_selected", "prunable", "prune_",
+           "pruning_scores"]
 
 PRUNING_CRITERIA = ("sensitivity", "magnitude")
 """The scores weights can be pruned by: the sensitivity |θ·g| and the magnitude |θ|."""
@@ -49,7 +50,6 @@ class SensitivityRanking:
         self.shapes = {name: values.shape for name, values in sensitivity.items()}
         flat = torch.cat([values.detach().flatten() for values in sensitivity.values()])
         self.order = torch.argsort(flat, stable=True)
-        self.sorted_values = flat[self.order]
 
     @property
     def size(self) -> int:
@@ -59,11 +59,6 @@ class SensitivityRanking:
     def count(self, percent: float) -> int:
         """How many elements ``percent`` % of them is: round(percent / 100 · size)."""
         return round(percent / 100 * self.size)
-
-    def threshold(self, percent: float) -> float:
-        """The largest sensitivity among the least sensitive ``percent`` % (0.0 if none is)."""
-        count = self.count(percent)
-        return self.sorted_values[count - 1].item() if count else 0.0
 
     def least_sensitive(self, percent: float) -> Dict[str, Tensor]:
         """Boolean masks, by name, selecting the :meth:`count` least sensitive elements."""
@@ -75,6 +70,12 @@ class SensitivityRanking:
             masks[name] = selected[start : start + numel].view(shape)
             start += numel
         return masks
+
+
+def largest_selected(values: Dict[str, Tensor], masks: Dict[str, Tensor]) -> float:
+    """The largest element of ``values`` that ``masks`` select (0.0 if none is): the threshold of a
+    pruning level, on the scale of the criterion that ranked it or of another one."""
+    return max((float(values[name][mask].max()) for name, mask in masks.items() if mask.any()), default=0.0)
 
 
 @torch.no_grad()

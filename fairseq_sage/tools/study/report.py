@@ -7,7 +7,7 @@ import json
 import math
 import statistics
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from matplotlib.figure import Figure
 
@@ -84,6 +84,12 @@ class Report:
     def final_records(self) -> List[dict]:
         return [self.result.records[run] for opt in self.study.optimizers for run in self.seeds(opt)]
 
+    def values_over_seeds(self, value: Callable[[dict], Optional[float]]) -> Dict[str, Dict[int, float]]:
+        """{optimizer: {seed: ``value`` of that seed's record}} over each best setting's seeds, leaving
+        out the seeds whose value is None."""
+        return {opt: {run.seed: v for run in self.seeds(opt) if (v := value(self.result.records[run])) is not None}
+                for opt in self.study.optimizers}
+
     def over_seeds(self, values: Dict[str, Dict[int, float]], spec: str) -> List[str]:
         """Cells: each optimizer's mean ± half-width over its seeds, then each other optimizer's paired
         difference to the baseline (marked * where significant); – where no seed has a value."""
@@ -137,8 +143,7 @@ class Report:
             return ""
         rows = []
         for target in self.study.report.targets:
-            values = {opt: {run.seed: updates for run in self.seeds(opt) if (updates := time_to_target(
-                self.result.records[run]["curve"], target)) is not None} for opt in self.study.optimizers}
+            values = self.values_over_seeds(lambda record: time_to_target(record["curve"], target))
             missed = ", ".join(f"{self.labels[opt]} {len(self.seeds(opt)) - len(values[opt])}" for opt in values)
             rows.append([number(target), *self.over_seeds(values, ".0f"), missed])
         return ("### Time to target\n\nThe first update at which the greedy validation BLEU of the run's curve reaches "
@@ -153,8 +158,7 @@ class Report:
             return ""  # records made before the analysis named the criterion of each row
         rows, verdicts = [], []
         for name in pruning.by:
-            values = {opt: {run.seed: prunable_level(self.result.records[run]["pruning"], name, pruning.tolerance)
-                            for run in self.seeds(opt)} for opt in self.study.optimizers}
+            values = self.values_over_seeds(lambda record: prunable_level(record["pruning"], name, pruning.tolerance))
             rows.append([name, *self.over_seeds(values, ".1f")])
             for opt in self.others:
                 difference = paired_difference(values[self.baseline], values[opt])
@@ -170,21 +174,19 @@ class Report:
         if not records or not all(r.get("sensitivity_by_type") and "log10_var" in r["sensitivity_by_type"][0]
                                   for r in records):
             return ""
-        by_type = {id(r): {row["type"]: row for row in r["sensitivity_by_type"]} for r in records}
         rows = []
-        for layer in by_type[id(records[0])]:
+        for layer in (row["type"] for row in records[0]["sensitivity_by_type"]):
             for column in ("log10_var", "log10_iqr", "zero_fraction"):
-                values = {opt: {run.seed: by_type[id(self.result.records[run])][layer][column] for run in self.seeds(opt)}
-                          for opt in self.study.optimizers}
+                values = self.values_over_seeds(lambda record: next(
+                    row[column] for row in record["sensitivity_by_type"] if row["type"] == layer))
                 rows.append([layer, column, *self.over_seeds(values, ".3f")])
         text = table(self.over_seeds_header("layer type", "statistic"), rows)
         if all("zero_sensitivity" in r for r in records):
             causes = sorted({(row["type"], row["cause"]) for r in records for row in r["zero_sensitivity"]})
             zero_rows = []
             for layer, cause in causes:
-                values = {opt: {run.seed: sum(row["fraction_of_type"] for row in self.result.records[run]["zero_sensitivity"]
-                                              if (row["type"], row["cause"]) == (layer, cause)) for run in self.seeds(opt)}
-                          for opt in self.study.optimizers}
+                values = self.values_over_seeds(lambda record: sum(
+                    row["fraction_of_type"] for row in record["zero_sensitivity"] if (row["type"], row["cause"]) == (layer, cause)))
                 zero_rows.append([layer, cause, *self.over_seeds(values, ".4f")])
             text += ("\nWeights of zero sensitivity by cause, as a fraction of their layer type:\n\n"
                      + table(self.over_seeds_header("layer type", "cause"), zero_rows))
