@@ -1,7 +1,7 @@
 """The fused CPU implementation: one C++ loop over all elements of a parameter group.
 
-``csrc/fused_cpu.cpp`` is compiled at first use with the C++ compiler torch finds (about a
-minute, vectorised for AVX-512/AVX2 where the CPU has them, threaded with torch's OpenMP pool)
+``csrc/fused_cpu.cpp`` is compiled at first use with the C++ compiler torch finds (10–15 s on
+2 cores, vectorised for AVX-512/AVX2 where the CPU has them, threaded with torch's OpenMP pool)
 and cached in torch's extension directory (``$TORCH_EXTENSIONS_DIR``, by default
 ``~/.cache/torch_extensions``) under a name that holds a hash of the source, so later processes
 load it in about a second. Where it cannot be
@@ -66,7 +66,7 @@ def load_kernel():
         raise KernelUnavailable(f"{SOURCE} is missing from the installed package")
     openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
     logger.info("fairseq-sage: loading the fused CPU kernel of the SAGE update (compiled at its first "
-                "use on this machine, which takes about a minute, then cached)")
+                "use on this machine, which takes some seconds, then cached)")
     try:
         return cpp_extension.load(
             name=extension_name(),
