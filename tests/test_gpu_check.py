@@ -14,6 +14,7 @@ import fairseq_sage
 from benchmarks import gpu_check
 from benchmarks.parameter_shapes import TINY
 from conftest import REAL_SUBSET_LINES, REPO
+from forked_cli import python_shim
 from helpers import train_log_of_text
 
 STEP_ROWS = ["fairseq adam", "torch AdamW fused", "adam_sage foreach", "adam_sage auto +check"]
@@ -27,7 +28,8 @@ def cuda_marked_tests() -> int:
 
 def test_gpu_check_dry_run_writes_one_json_of_passed_checks(real_subset, tmp_path):
     out, work = tmp_path / "gpu_check.json", tmp_path / "work"
-    env = {**os.environ, "MULTI30K_SHA256SUMS": str(real_subset / "SHA256SUMS"), "WORKERS": "1"}
+    env = {**os.environ, "MULTI30K_SHA256SUMS": str(real_subset / "SHA256SUMS"), "WORKERS": "1",
+           "PYTHON": str(python_shim())}  # its Python commands forked
     proc = subprocess.run(["bash", REPO / "benchmarks" / "gpu_check.sh", "--dry-run", "--data", real_subset,
                            "--workdir", work, "--out", out],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)

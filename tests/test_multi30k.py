@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import MULTI30K, REPO, TINY_TRANSFORMER
+from forked_cli import python_shim
 
 RECIPE = REPO / "recipes" / "multi30k"
 SPLITS = ("train", "val", "test_2016_flickr", "test_2017_flickr")
@@ -57,7 +58,7 @@ def write_synthetic_multi30k(folder, seed=0):
 
 
 def run_script(script, *args, env=None):
-    environment = {**os.environ, "PYTHON": sys.executable, "WORKERS": "1", **(env or {})}
+    environment = {**os.environ, "PYTHON": str(python_shim()), "WORKERS": "1", **(env or {})}  # its Python commands forked
     return subprocess.run(
         ["bash", str(RECIPE / script), *map(str, args)],
         cwd="/", env=environment, capture_output=True, text=True,

@@ -19,6 +19,7 @@ import torch
 from fairseq_sage.checkpoints import load_checkpoint
 
 from conftest import REPO, TINY_TRANSFORMER, run_fairseq
+from forked_cli import python_shim
 
 RECIPES = REPO / "recipes"
 # the tiny sizes without conftest's "--arch transformer": the recipe's architecture stays
@@ -32,7 +33,7 @@ SHORT_OUTPUT = ["--max-len-a", "1.2", "--max-len-b", "10"]
 
 def run_recipe(script, *args, env=None):
     """Run ``bash recipes/SCRIPT ARGS`` from outside the repository; return the finished process."""
-    environment = {**os.environ, "PYTHON": sys.executable, **(env or {})}
+    environment = {**os.environ, "PYTHON": str(python_shim()), **(env or {})}  # its Python commands forked
     return subprocess.run(
         ["bash", str(RECIPES / script), *map(str, args)],
         cwd="/", env=environment, capture_output=True, text=True,

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, TINY_TRANSFORMER
+from forked_cli import python_shim
 from fairseq_sage.tools.study import cli
 from fairseq_sage.tools.study.config import StudyConfig
 from fairseq_sage.tools.study.launch import LocalLauncher, SubmititLauncher
@@ -84,17 +85,22 @@ def write_study(folder: Path, data_bin: Path, text: str = TINY_STUDY) -> Path:
     return path
 
 
+STUDY_ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
 def study_cli(*args, **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "fairseq_sage.tools.study", *map(str, args)], capture_output=True,
-                          text=True, env=env, **kwargs)
+    """``python -m fairseq_sage.tools.study ARGS``, it and the runs it starts forked (python_shim)."""
+    return subprocess.run([str(python_shim()), "-m", "fairseq_sage.tools.study", *map(str, args)], capture_output=True,
+                          text=True, env=STUDY_ENV, **kwargs)
 
 
 def test_a_tiny_study_killed_mid_training_resumes_to_the_report_its_records_give(toy_data_bin, tmp_path):
     config = write_study(tmp_path / "study", toy_data_bin)
     work = tmp_path / "study" / "work"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "fairseq_sage.tools.study", "run", str(config)], env=env,
+    # a real process (killed with its group, it holds no lock a moment longer) whose runs are forked
+    start = (f"import runpy, sys; sys.executable = {str(python_shim())!r}; "
+             "runpy.run_module('fairseq_sage.tools.study', run_name='__main__', alter_sys=True)")
+    process = subprocess.Popen([sys.executable, "-c", start, "run", str(config)], env=STUDY_ENV,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     while not list(work.glob("runs/*/checkpoints/checkpoint_last.pt")) and time.time() < deadline:
