@@ -117,7 +117,8 @@ def _child(argv: Sequence[str], env: dict, cwd: str, stdio: Sequence[int], execu
         os.dup2(fd, target)
         os.close(fd)
     sys.stdin = open(0, closefd=False)  # multiprocessing's bootstrap put /dev/null there
-    if env.get("PYTHONUNBUFFERED"):
+    if argv[0] == "-u" or env.get("PYTHONUNBUFFERED"):
+        argv = argv[1:] if argv[0] == "-u" else argv
         sys.stdout.reconfigure(write_through=True)
     os.chdir(cwd)
     os.environ.clear()

@@ -14,7 +14,9 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signa
 
 
 def forkable(argv) -> bool:
-    """Whether the worker can run ``python ARGV``: ``-m MODULE ...``, ``-c CODE ...`` or ``SCRIPT ...``."""
+    """Whether the worker can run ``python ARGV``: ``-m MODULE ...``, ``-c CODE ...`` or ``SCRIPT ...``,
+    each also after ``-u`` (as torch.distributed.run starts its workers)."""
+    argv = argv[1:] if argv[:1] == ["-u"] else argv
     return bool(argv) and (argv[0] in ("-m", "-c") and len(argv) > 1 or not argv[0].startswith("-"))
 
 

@@ -5,13 +5,13 @@ import json
 import math
 import statistics
 import subprocess
-import sys
 
 import pytest
 
 from benchmarks import step_memory
 from benchmarks.parameter_shapes import FLAT, TINY, parameter_shapes
 from conftest import REPO
+from forked_cli import python_shim
 from fairseq_sage.optim.multi_tensor import CHUNK_ELEMENTS
 
 
@@ -28,9 +28,10 @@ def test_iwslt_shapes_are_fairseqs_architecture():
 
 @pytest.fixture(scope="module")
 def smoke_run(toy_data_bin, tmp_path_factory):
+    """The benchmark and its fairseq trainings forked (python_shim)."""
     out = tmp_path_factory.mktemp("bench") / "figures.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.sage_speed", "--archs", "tiny", "--impls", "foreach", "cpp",
+        [str(python_shim()), "-m", "benchmarks.sage_speed", "--archs", "tiny", "--impls", "foreach", "cpp",
          "--warmup", "1", "--repeats", "3", "--no-memory", "--train-model", "tiny", "--train-updates", "6",
          "--train-log-interval", "2", "--train-rounds", "1", "--data-bin", toy_data_bin, "--out", out],
         capture_output=True, text=True, cwd=REPO, timeout=600,

@@ -60,6 +60,7 @@ if __name__ == "__main__":
 import pytest  # noqa: E402
 
 from conftest import run_fairseq, train_args  # noqa: E402
+from forked_cli import python_shim  # noqa: E402
 from fairseq_sage.checkpoints import load_checkpoint  # noqa: E402
 
 STATE_KEYS = ("sensitivity_ema", "exp_avg", "exp_avg_sq")
@@ -72,9 +73,10 @@ def free_port() -> int:
 
 
 def run_two_ranks(out_dir, fairseq_args) -> dict:
-    """Train on two torchrun ranks; return ``{rank: saved state, "log": their output}``."""
+    """Train on two torchrun ranks (the launcher and the ranks forked: python_shim); return
+    ``{rank: saved state, "log": their output}``."""
     out_dir.mkdir()
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+    command = [str(python_shim()), "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
                "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
                __file__, str(out_dir), *map(str, fairseq_args)]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=300)

@@ -76,7 +76,7 @@ def shim_and_real(argv, **kwargs):
 def test_the_shim_runs_a_module_a_script_and_code_as_the_interpreter_does(tmp_path):
     (tmp_path / "probe.py").write_text(PROBE)
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path), "PROBE_VALUE": "x y", "OMP_NUM_THREADS": "1"}
-    for argv in (["-m", "probe", 3, "a b"], [tmp_path / "probe.py", 4], ["-c", PROBE, 5], ["-V"]):
+    for argv in (["-m", "probe", 3, "a b"], [tmp_path / "probe.py", 4], ["-c", PROBE, 5], ["-u", "-m", "probe", 6], ["-V"]):
         shim, expected = shim_and_real(argv, env=env, cwd=tmp_path)
         assert (shim.returncode, shim.stdout, shim.stderr) == (expected.returncode, expected.stdout, expected.stderr)
     assert expected.stdout.startswith("Python 3.")
