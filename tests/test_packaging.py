@@ -25,7 +25,7 @@ def test_installed_package_folder_works_as_user_dir(toy_data_bin, tmp_path):
     ).stdout.strip()
     assert user_dir == str(site / "fairseq_sage")
     # the fused kernel's source ships with the package (built at its first use there: the other tests build
-    # and run it from the source folder; built again from here it would add half a minute to the suite)
+    # and run it from the source folder; built again from here it would add 10-15 s to the suite)
     shipped = site / "fairseq_sage" / "optim" / "csrc" / "fused_cpu.cpp"
     assert shipped.read_bytes() == (REPO / "fairseq_sage" / "optim" / "csrc" / "fused_cpu.cpp").read_bytes()
 
