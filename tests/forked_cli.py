@@ -23,6 +23,7 @@ import json
 import multiprocessing
 import os
 import runpy
+import shutil
 import signal
 import socket
 import struct
@@ -195,6 +196,7 @@ def python_shim() -> Path:
     global _shim
     if _shim is None:
         folder = Path(tempfile.mkdtemp(prefix="shim"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
         address = str(folder / "socket")
         listener = socket.socket(socket.AF_UNIX)
         listener.bind(address)
