@@ -26,7 +26,6 @@ import runpy
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,8 @@ from multiprocessing import reduction
 from multiprocessing.connection import wait as connection_wait
 from pathlib import Path
 from typing import Optional, Sequence
+
+import python_shim as protocol  # the shim's side; python_shim() below is the executable
 
 PRELOAD = "forkserver_preload"
 """The module the forkserver imports first (tests/forkserver_preload.py): torch and fairseq."""
@@ -181,9 +182,6 @@ def run_module(module: str, *args, env: Optional[dict] = None, cwd: Optional[Pat
         return subprocess.CompletedProcess(command, process.exitcode, text(out), text(err))
 
 
-SHIM_CLIENT = Path(__file__).with_name("python_shim.py")
-"""The shim's side (tests/python_shim.py): it runs on the standard library alone."""
-
 _shim: Optional[Path] = None
 
 
@@ -202,8 +200,8 @@ def python_shim() -> Path:
         listener = socket.socket(socket.AF_UNIX)
         listener.bind(address)
         listener.listen(64)
-        shim = folder / "python"
-        shim.write_text(f"#!{sys.executable} -SE\nimport sys\nsys.path.insert(0, {str(SHIM_CLIENT.parent)!r})\n"
+        shim = folder / "python"  # its side: tests/python_shim.py, on the standard library alone
+        shim.write_text(f"#!{sys.executable} -SE\nimport sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
                         f"import python_shim\npython_shim.main({address!r}, {sys.executable!r})\n")
         shim.chmod(0o755)
         threading.Thread(target=_serve, args=(listener, str(shim)), daemon=True).start()
@@ -217,36 +215,27 @@ def _serve(listener: socket.socket, shim: str) -> None:
         threading.Thread(target=_relay, args=(connection, shim), daemon=True).start()
 
 
-def _receive(connection: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = connection.recv(size - len(data))
-        if not chunk:
-            raise EOFError("the shim went away")
-        data += chunk
-    return data
-
-
 def _relay(connection: socket.socket, shim: str) -> None:
     """One shim's command line: fork it, pass on its signals, answer its exit status (negative: the
     signal it died of); kill its process group if the shim goes away first."""
     with connection:
-        header, fds, _, _ = socket.recv_fds(connection, 8, 3)
+        header, fds, _, _ = socket.recv_fds(connection, protocol.LENGTH.size, 3)
         try:
-            request = json.loads(_receive(connection, struct.unpack("!Q", header)[0]))
+            request = json.loads(protocol.receive(connection, protocol.LENGTH.unpack(header)[0]))
             process = _forked(request["argv"], request["env"], request["cwd"], fds, shim)
         finally:
             for fd in fds:
                 os.close(fd)
         while process.sentinel not in connection_wait([connection, process.sentinel]):
-            message = connection.recv(4)
-            if len(message) < 4:  # the shim died: so does what it ran
+            try:
+                (number,) = protocol.NUMBER.unpack(protocol.receive(connection, protocol.NUMBER.size))
+            except EOFError:  # the shim died: so does what it ran
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.join()
                 return
             with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, struct.unpack("!i", message)[0])
+                os.kill(process.pid, number)
         process.join()
         with contextlib.suppress(OSError):
-            connection.sendall(struct.pack("!i", process.exitcode))
+            connection.sendall(protocol.NUMBER.pack(process.exitcode))

@@ -41,6 +41,11 @@ def _top(name: str) -> str:
     return name.partition(".")[0]
 
 
+def _third_party(name: str) -> bool:
+    """Whether module ``name`` is outside the standard library (what the children hide)."""
+    return _top(name) not in sys.stdlib_module_names
+
+
 def _import_quietly():
     """Import MODULES, stdout and stderr at /dev/null; return torch's default thread count, the
     root logger's level where the imports gave it a handler (None where they did not; undone), the
@@ -62,7 +67,7 @@ def _import_quietly():
                 warnings.simplefilter("always")
                 importlib.import_module(name)
             given[_top(name)] += caught
-            brought[_top(name)] |= {_top(n) for n in sys.modules} - tops - {_top(name)}
+            brought[_top(name)] |= {t for t in {_top(n) for n in sys.modules} - tops - {_top(name)} if _third_party(t)}
             if name == "torch":
                 default = sys.modules["torch"].get_num_threads()
         configured = root.level if root.handlers != handlers else None
@@ -78,8 +83,7 @@ def _import_quietly():
             os.close(fd)
         if threads is not None:
             os.environ["OMP_NUM_THREADS"] = threads
-    imported = [name for name in set(sys.modules) - before
-                if sys.modules[name] is not None and _top(name) not in sys.stdlib_module_names]
+    imported = [name for name in set(sys.modules) - before if sys.modules[name] is not None and _third_party(name)]
     return default, configured, dict(given), dict(brought), imported
 
 

@@ -12,6 +12,23 @@ import sys
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
+LENGTH = struct.Struct("!Q")
+"""The protocol, both sides: the request's length (with the shim's stdin, stdout and stderr), then the
+request as JSON; then from the shim the signals it received, from the worker the exit status (each a
+NUMBER; negative: the signal the command died of)."""
+NUMBER = struct.Struct("!i")
+
+
+def receive(connection: socket.socket, size: int) -> bytes:
+    """Exactly ``size`` bytes from ``connection``; EOFError where the other side went away first."""
+    data = b""
+    while len(data) < size:
+        chunk = connection.recv(size - len(data))
+        if not chunk:
+            raise EOFError("the other side of the shim's connection went away")
+        data += chunk
+    return data
+
 
 def forkable(argv) -> bool:
     """Whether the worker can run ``python ARGV``: ``-m MODULE ...``, ``-c CODE ...`` or ``SCRIPT ...``,
@@ -28,20 +45,17 @@ def main(address: str, interpreter: str) -> None:
             raise OSError("not a command line the worker runs")
         connection.connect(address)
         request = json.dumps({"argv": argv, "env": dict(os.environ), "cwd": os.getcwd()}).encode()
-        socket.send_fds(connection, [struct.pack("!Q", len(request))], [0, 1, 2])
+        socket.send_fds(connection, [LENGTH.pack(len(request))], [0, 1, 2])
     except OSError:
         connection.close()
         os.execv(interpreter, [interpreter, *argv])
     connection.sendall(request)
     for number in FORWARDED:
-        signal.signal(number, lambda received, _: connection.sendall(struct.pack("!i", received)))
-    reply = b""
-    while len(reply) < 4:
-        chunk = connection.recv(4 - len(reply))
-        if not chunk:
-            os._exit(1)  # the worker went away
-        reply += chunk
-    status = struct.unpack("!i", reply)[0]
+        signal.signal(number, lambda received, _: connection.sendall(NUMBER.pack(received)))
+    try:
+        (status,) = NUMBER.unpack(receive(connection, NUMBER.size))
+    except EOFError:  # the worker went away
+        os._exit(1)
     if status < 0:  # die of the child's signal
         signal.signal(-status, signal.SIG_DFL)
         os.kill(os.getpid(), -status)
