@@ -252,6 +252,32 @@ def test_fairseq_generate_refuses_a_malicious_checkpoint(toy_data_bin, malicious
     assert not marker.exists()
 
 
+def test_a_checkpoint_replaced_after_its_check_is_still_refused(trained_checkpoint, malicious_checkpoint, tmp_path,
+                                                              monkeypatch):
+    """The plugin checks a checkpoint, then fairseq's loader reads the file again: a file replaced in
+    between (by whoever can write there) is unpickled with torch's allow-list too, even where
+    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD asks for an unrestricted load."""
+    from fairseq import checkpoint_utils
+    from fairseq_sage.fairseq import checkpoint_hardening
+
+    checkpoint_hardening.install_hardening()
+    evil, marker = malicious_checkpoint
+    path = tmp_path / "checkpoint_last.pt"
+    path.write_bytes(trained_checkpoint.read_bytes())
+    check, checked = checkpoint_hardening.check_checkpoint, []
+
+    def check_then_replace(name):
+        check(name)  # the real check passes: the file is still the trained checkpoint
+        checked.append(name)
+        os.replace(evil, name)
+
+    monkeypatch.setattr(checkpoint_hardening, "check_checkpoint", check_then_replace)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(SystemExit, match=re.escape(f"fairseq-sage: error: {path}: refused to load") + ".*posix.system"):
+        checkpoint_utils.load_checkpoint_to_cpu(str(path))
+    assert len(checked) == 1 and not marker.exists()
+
+
 def test_fairseq_train_refuses_to_resume_from_a_malicious_checkpoint(toy_data_bin, malicious_checkpoint, tmp_path):
     path, marker = malicious_checkpoint
     proc = fairseq("train", *train_args(toy_data_bin, tmp_path / "save", "--restore-file", path, "--max-update", "3"))

@@ -24,7 +24,7 @@ from fairseq_sage.tools.study.plan import Run, beyond, budget_from_curve, number
 from fairseq_sage.tools.study.report import Report, prunable_level, time_to_target
 from fairseq_sage.tools.study.stats import paired_bootstrap, paired_difference, t_interval
 from fairseq_sage.tools.study.steps import StepError, parse_json_log, read_csv, write_record
-from fairseq_sage.tools.study.study import outcome
+from fairseq_sage.tools.study.study import Progress, outcome
 
 TINY_STUDY = """
 name = "tiny"
@@ -224,6 +224,28 @@ def test_fairseq_json_log_is_read_as_data():
     assert log["train"] == [{"epoch": 1.0, "update": 0.5, "loss": 6.8, "num_updates": 5.0, "sage_mult_mean": 0.5}]
     assert log["valid"] == [{"epoch": 2.0, "loss": 5.0, "bleu": 1.5, "num_updates": 11.0}]
     assert log["epochs"] == [{"epoch": 1.0, "loss": 6.6, "wps": 8625.6, "num_updates": 11.0}]
+
+
+def test_progress_counts_a_resumed_runs_updates_and_only_those_trained_since_for_its_rate(tmp_path):
+    """A resumed fairseq-train appends its configuration (many lines without an update count) and then
+    redoes the updates after its checkpoint: the run's progress stays at the most any process logged, so
+    the ETA's rate counts only updates trained since ``run`` started."""
+    progress = Progress(StudyConfig(write_study(tmp_path, tmp_path)))
+    progress.runs = {"adam-lr=3e-3-seed=1": 24}
+    log = tmp_path / "work" / "runs" / "adam-lr=3e-3-seed=1" / "train.jsonl"
+    log.parent.mkdir(parents=True)
+    first = ['{"epoch": 1, "update": 0.9, "loss": "6.8", "num_updates": "10"}',
+             '{"epoch": 1, "train_loss": "6.6", "train_num_updates": "12"}']
+    log.write_text("\n".join(first + ["{'common': {'log_interval': 4}}"] * 80) + "\n")  # the resumed process's start
+    assert progress.updates("adam-lr=3e-3-seed=1") == 12
+    assert "12 updates left" in progress.table()
+    with open(log, "a") as out:  # it redoes updates 11 and 12 from its checkpoint at 10, then trains on
+        out.write('{"epoch": 2, "update": 1.1, "loss": "6.5", "num_updates": "11"}\n')
+    assert progress.updates("adam-lr=3e-3-seed=1") == 12
+    progress.start -= 100  # 100 s later
+    with open(log, "a") as out:
+        out.write('{"epoch": 2, "valid_loss": "5.0", "valid_num_updates": "16"}\n')
+    assert "8 updates left at 0.04 updates/s" in progress.table()  # 16 - 12 = 4 updates gained in 100 s
 
 
 def test_launchers_return_results_in_order_and_raise_a_failure(tmp_path):

@@ -15,6 +15,7 @@
 
 import functools
 import pickle
+import types
 
 import torch
 
@@ -22,6 +23,19 @@ from ..checkpoints import FAIRSEQ_CHECKPOINT_GLOBALS, CheckpointError, check_che
 from .evaluation import replace_eval_in_fairseq
 
 __all__ = ["install_hardening", "harden_fairseq_checkpoints"]
+
+
+class TorchLoadingWeightsOnly(types.ModuleType):
+    """torch as ``fairseq.checkpoint_utils`` sees it once hardened: every attribute is torch's, except
+    that ``load`` always unpickles with ``weights_only=True`` (torch's allow-list), whatever its caller
+    or TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD ask for."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def load(*args, **kwargs):
+        return torch.load(*args, **{**kwargs, "weights_only": True})
 
 
 def harden_fairseq_checkpoints() -> None:
@@ -35,6 +49,9 @@ def harden_fairseq_checkpoints() -> None:
       evaluates those fields, with the safe ``eval`` that :func:`replace_eval_in_fairseq` gives
       the modules loaded by then) sees it; a damaged or refused checkpoint stops the program with
       one ``fairseq-sage: error:`` line naming the file (and the field).
+    - fairseq's loader then reads the file again: every ``torch.load`` of ``fairseq.checkpoint_utils``
+      unpickles with ``weights_only=True`` (:class:`TorchLoadingWeightsOnly`), so that a file replaced
+      between the check and that read cannot run code either, even under TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD.
     - ``fairseq.file_io.PathManager.copy``, with which fairseq copies each new checkpoint to
       ``checkpoint_last.pt`` (and ``checkpoint_best.pt``), uses :func:`copy_atomic` for local files.
     """
@@ -67,6 +84,8 @@ def harden_fairseq_checkpoints() -> None:
 
     load_checkpoint_to_cpu.hardened_by_fairseq_sage = True
     checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu
+    if getattr(checkpoint_utils, "torch", None) is torch:
+        checkpoint_utils.torch = TorchLoadingWeightsOnly(torch.__name__)
     PathManager.copy = staticmethod(copy)
 
 

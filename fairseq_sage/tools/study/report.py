@@ -277,15 +277,16 @@ class Report:
                   f"{self.result.max_update} updates per run, from the budget run's curve (first N where the "
                   f"smoothed validation BLEU gains less than {study.train.budget_rule.min_gain} over the last "
                   f"{study.train.budget_rule.tail:.0%} of N)") if self.result.max_update else "pending"
+        widening = (f"an axis whose best value is at an edge gets one value beyond it (at most "
+                    f"{study.selection.max_widen} times)" if study.selection.max_widen else "not widened")
         pruned_first = " or (separately) ".join(PRUNED_FIRST[name] for name in study.pruning.by) if study.pruning else ""
         pruning = (f"- **Pruning**: {self.model_label(study.pruning.model)} of every seed, sensitivity |θ·g| over "
                    f"{study.pruning.batches} training batches, BLEU on {study.pruning.set} after zeroing the "
                    f"{', '.join(map(number, study.pruning.levels))} % {pruned_first} non-embedding weights.\n"
                    if study.pruning else "")
         return ("### Design\n\n" + (study.report.design + "\n" if study.report.design else "")
-                + f"- **Budget**: {budget}.\n- **Grid** (seed {study.selection.seeds[0]}): {grids}; an axis whose best "
-                  f"value is at an edge gets one value beyond it (at most {study.selection.max_widen} times). Selection "
-                  f"by the {self.selection_text()}.\n"
+                + f"- **Budget**: {budget}.\n- **Grid** (seed {study.selection.seeds[0]}): {grids}; {widening}. "
+                  f"Selection by the {self.selection_text()}.\n"
                 + f"- **Models scored**: {', '.join(map(self.model_label, study.score.models))}; beam "
                   f"{study.score.beam}, sacreBLEU and chrF on {', '.join(study.score.sets)}.\n" + pruning
                 + f"- **Seeds**: {', '.join(map(str, study.selection.seeds))} per best setting; 95 % t-intervals over "

@@ -17,7 +17,7 @@ from .config import ConfigError, StudyConfig
 from .plan import (Run, budget_from_curve, budget_run, final_runs, grid_runs, initial_grids, select, seed_runs,
                    widen)
 from .stats import paired_bootstrap
-from .steps import complete_run, read_record
+from .steps import complete_run, parse_json_log, read_record
 
 BUDGET_RECORD = "budget.json.gz"
 PAIRED_FILE = "paired_bootstrap.json"
@@ -136,18 +136,13 @@ class Progress:
         self.bars = {} if sys.stderr.isatty() else None
 
     def updates(self, name: str) -> int:
+        """The run's updates: its record's plan, else the most its fairseq log (every process's) has logged
+        (a resumed process first writes its configuration, and then redoes what followed its checkpoint)."""
         if (self.config.records / f"{name}.json.gz").is_file():
             return self.runs[name]
         log = self.config.workdir / "runs" / name / "train.jsonl"
-        done = 0
-        for line in log.read_text().splitlines()[-50:] if log.is_file() else []:
-            if '"num_updates"' in line and line.lstrip().startswith("{"):
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue
-                done = max(done, int(float(row.get("num_updates", row.get("train_num_updates", row.get("valid_num_updates", 0))))))
-        return done
+        lines = [line for line in log.read_text().splitlines() if 'num_updates"' in line] if log.is_file() else []
+        return int(max((row["num_updates"] for rows in parse_json_log(lines).values() for row in rows), default=0))
 
     def table(self, eta: bool = True) -> str:
         done = {name: self.updates(name) for name in self.runs}
