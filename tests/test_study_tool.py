@@ -323,6 +323,23 @@ def test_outcome_replays_budget_selection_and_widening_from_records(tmp_path):
     assert [r.name for r in result.pending(result.finals)] == ["adam-lr=1e-2-seed=2", "adam_sage-lr=1e-2-seed=2"]
 
 
+def test_plan_counts_the_runs_left_and_their_time_at_the_measured_speed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = StudyConfig(write_study(tmp_path, tmp_path))
+    assert cli.plan(config).splitlines()[0] == (
+        "tiny: 3 grid runs + 1 more seeds of each of 2 best settings = 5 runs of 24 updates, 2 at once; 0 recorded "
+        "in records; 5 to run: no run recorded yet to measure its speed.")
+    for name, seconds in [("adam-lr=3e-3-seed=1", 2400.0), ("adam-lr=1e-2-seed=1", 1200.0)]:
+        write_record(tmp_path / "records" / f"{name}.json.gz", {"curve": [{"num_updates": 24.0, "bleu": 1.0, "loss": 1.0}],
+                                                                 "train": [], "epochs": [], "wall_seconds": seconds})
+    lines = cli.plan(config).splitlines()
+    # 3600 s over 48 updates: 75 s per update; 3 runs of 24 updates, 2 at once: 2700 s
+    assert lines[0].endswith("2 recorded in records; 3 to run: ≈ 45 min of training at the 75.00 s per update (per "
+                             "run, 2 at once) measured in its 2 recorded runs.")
+    assert lines[1:] == ["  recorded  adam-lr=3e-3-seed=1", "  recorded  adam-lr=1e-2-seed=1",
+                         "  to run    adam_sage-lr=1e-2-seed=1"]
+
+
 def test_a_second_run_of_the_same_study_is_refused_while_one_runs(tmp_path, capsys):
     config = write_study(tmp_path, tmp_path / "missing")
     (tmp_path / "work").mkdir()

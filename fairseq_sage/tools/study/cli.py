@@ -28,20 +28,27 @@ def shown(path: Path) -> str:
         return str(path)
 
 
+def duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
+
+
 def plan(config: StudyConfig) -> str:
+    """The runs the study trains (those known: the grid and its widening so far, then the seeds), how many
+    are recorded, and the training time of the others at the speed measured in the recorded ones."""
     study, result = config.study, outcome(config)
     grid = result.grid or grid_runs(study, initial_grids(study))
     seeds = len(study.selection.seeds) - 1
     runs = len(grid) + seeds * len(study.optimizers)
+    left = runs - len(result.records)
     updates = result.max_update or study.train.budget_rule.max_update
     measured = [(r["wall_seconds"], r["curve"][-1]["num_updates"]) for r in result.records.values() if r["curve"]]
     rate = sum(s for s, _ in measured) / sum(u for _, u in measured) if measured else None
-    cost = (f"≈ {runs * updates * rate / study.jobs / 3600:.1f} h of training at the {rate:.2f} s per update (per run, "
+    cost = (f"≈ {duration(left * updates * rate / study.jobs)} of training at the {rate:.2f} s per update (per run, "
             f"{study.jobs} at once) measured in its {len(measured)} recorded runs" if rate else
             "no run recorded yet to measure its speed")
     lines = [f"{study.name}: {len(grid)} grid runs + {seeds} more seeds of each of {len(study.optimizers)} best "
              f"settings = {runs} runs of {updates} updates{' (budget run first)' if study.train.budget_rule else ''}, "
-             f"{study.jobs} at once; {cost}; {len(result.records)} recorded in {shown(config.records)}."]
+             f"{study.jobs} at once; {len(result.records)} recorded in {shown(config.records)}; {left} to run: {cost}."]
     lines += [f"  {'recorded' if run in result.records else 'to run  '}  {run.name}" for run in grid]
     return "\n".join(lines)
 
