@@ -403,6 +403,11 @@ def test_report_sections_of_targets_prunability_and_sensitivity_from_records(tmp
     assert ("- magnitude: Adam-SAGE's models are more prunable than Adam's: Δ = +25.0 ± 317.7 points of the largest "
             "pruning level within 1 BLEU of the unpruned model (95 % CI of the paired difference over 2 seeds), "
             "not significant.") in prunability
+    # BLEU at each level: sensitivity 50: Adam 39.5, 39.5; SAGE 35, 37 (36, s 1.414, half 12.71); paired -4.5, -2.5
+    assert "| sensitivity | 0 | 40.00 ± 0.00 | 40.00 ± 0.00 | 0.00 ± 0.00 |" in prunability
+    assert "| sensitivity | 50 | 39.50 ± 0.00 | 36.00 ± 12.71 | -3.50 ± 12.71 |" in prunability
+    assert "| magnitude | 50 | 34.60 ± 58.45 | 39.50 ± 0.00 | 4.90 ± 58.45 |" in prunability  # Adam 30, 39.2: s 6.505
+    assert [name for name, _ in report.figures(tmp_path / "figures")] == ["validation_curves.png", "pruning.png"]
     sensitivity = report.sensitivity_section()
     # log10_var: Adam 1, 2 (1.5, half 6.353); SAGE 1.5, 3.5 (2.5, half 12.706); paired 0.5, 1.5 (1.0, half 6.353)
     assert "| ffn | log10_var | 1.500 ± 6.353 | 2.500 ± 12.706 | 1.000 ± 6.353 |" in sensitivity
@@ -444,6 +449,29 @@ def test_an_incumbent_competes_in_the_selection_while_widening_follows_the_grids
     assert [r.name for r in result.pending(result.finals)] == ["adam-lr=3e-3-seed=2", "adam_sage-lr=5e-3-seed=2"]
     grid = Report(config, result).grid_section()
     assert "| Adam-SAGE | lr 5e-3 (incumbent) | 8.00 |" in grid and "| Adam-SAGE | lr 3e-2 | 4.00 |" in grid
+    assert "| Adam-SAGE | lr 3e-2 | 4.00 | 4.000 | 4.500 | – | 10 | 1 |" in grid  # no sage_mult_mean logged
+    assert "selection BLEU, " not in grid  # a grid of one axis has no two-axis table
+
+
+def test_a_grid_of_two_axes_is_tabled_across_both_with_its_incumbent_and_mean_multiplier(tmp_path):
+    text = (TINY_STUDY.replace("grid = {{ lr = [1e-2] }}",
+                               "grid = {{ lr = [1e-2, 2e-2], sage_beta0 = [0.2, 0.4] }}\n"
+                               "incumbents = [{{ lr = 1e-2, sage_beta0 = 0.6 }}]")
+            .replace("lr = [3e-3, 1e-2]", "lr = [3e-3]"))
+    config = StudyConfig(write_study(tmp_path, tmp_path, text))
+    for name, bleu in (("adam-lr=3e-3-seed=1", 1.0), ("adam_sage-lr=1e-2-sage_beta0=0.2-seed=1", 3.0),
+                       ("adam_sage-lr=2e-2-sage_beta0=0.4-seed=1", 5.0), ("adam_sage-lr=1e-2-sage_beta0=0.6-seed=1", 4.0)):
+        write_record(tmp_path / "records" / f"{name}.json.gz", {
+            "curve": [{"num_updates": 10.0, "bleu": bleu, "loss": 4.0}], "epochs": [{"loss": 4.5}], "wall_seconds": 1.0,
+            "train": [{"num_updates": 5.0, "sage_mult_mean": 0.25}, {"num_updates": 10.0, "sage_mult_mean": 0.5}],
+            "scores": {}})
+    grid = Report(config, outcome(config)).grid_section()
+    assert "| Adam-SAGE | lr 1e-2, sage_beta0 0.2 | 3.00 | 4.000 | 4.500 | 0.375 | 10 | 1 |" in grid
+    assert grid.endswith("Adam-SAGE's selection BLEU, sage_beta0 × lr:\n\n"
+                         "|  | lr 1e-2 | lr 2e-2 |\n| --- | --- | --- |\n"
+                         "| sage_beta0 0.2 | 3.00 | pending |\n"
+                         "| sage_beta0 0.4 | pending | 5.00 |\n"
+                         "| sage_beta0 0.6 | 4.00 | – |\n")
 
 
 @pytest.mark.parametrize("incumbent, message", [

@@ -37,11 +37,22 @@ def criterion(row: dict) -> str:
     return row.get("criterion", "sensitivity")  # rows written before the analysis named its criterion
 
 
+def pruned_bleu(rows: List[dict], name: str, level: float) -> Optional[float]:
+    """BLEU after pruning ``level`` % by criterion ``name``; None where the analysis did not reach it."""
+    return next((row["bleu"] for row in rows if criterion(row) == name and row["prune_percent"] == level), None)
+
+
 def prunable_level(rows: List[dict], name: str, tolerance: float) -> float:
     """The largest pruning level (by criterion ``name``) whose BLEU is within ``tolerance`` of level 0's."""
     rows = [row for row in rows if criterion(row) == name]
     unpruned = next(row["bleu"] for row in rows if row["prune_percent"] == 0)
     return max(row["prune_percent"] for row in rows if row["bleu"] >= unpruned - tolerance)
+
+
+def mean_multiplier(records: Sequence[dict]) -> Optional[float]:
+    """The mean of the train logs' ``sage_mult_mean`` over ``records``; None without SAGE."""
+    values = [row["sage_mult_mean"] for r in records for row in r["train"] if "sage_mult_mean" in row]
+    return statistics.fmean(values) if values else None
 
 
 def prunability_verdict(name: str, label: str, baseline: str, tolerance: float, difference: dict) -> str:
@@ -164,10 +175,15 @@ class Report:
                 difference = paired_difference(values[self.baseline], values[opt])
                 line = prunability_verdict(name, self.labels[opt], self.labels[self.baseline], pruning.tolerance, difference)
                 verdicts.append(f"- {line}.\n")
+        curve = [[name, number(level), *self.over_seeds(self.values_over_seeds(
+                     lambda record: pruned_bleu(record["pruning"], name, level)), ".2f")]
+                 for name in pruning.by for level in pruning.levels]
         return (f"### Prunability\n\nPer model, the largest % of non-embedding weights pruned (one shot) whose BLEU on "
                 f"{pruning.set} stays within {pruning.tolerance:g} BLEU of the unpruned model's; mean ± half-width over "
                 "seeds, the difference paired (* significant).\n\n" + "".join(verdicts) + "\n"
-                + table(self.over_seeds_header("pruned first by"), rows))
+                + table(self.over_seeds_header("pruned first by"), rows)
+                + f"\nBLEU on {pruning.set} at each level, over seeds:\n\n"
+                + table(self.over_seeds_header("pruned first by", "% pruned"), curve))
 
     def sensitivity_section(self) -> str:
         records = self.final_records() if self.complete else []
@@ -197,9 +213,8 @@ class Report:
     def cost(self, opt: str) -> Dict[str, Optional[float]]:
         records = [self.result.records[run] for run in self.seeds(opt) if run in self.result.records]
         wps = [row["wps"] for r in records for row in r["epochs"] if "wps" in row]
-        mult = [row["sage_mult_mean"] for r in records for row in r["train"] if "sage_mult_mean" in row]
         return {"runs": len(records), "wall": statistics.fmean(r["wall_seconds"] for r in records) if records else None,
-                "wps": statistics.fmean(wps) if wps else None, "mult": statistics.fmean(mult) if mult else 1.0}
+                "wps": statistics.fmean(wps) if wps else None, "mult": mean_multiplier(records) or 1.0}
 
     def cost_section(self) -> str:
         if not self.result.chosen:
@@ -224,15 +239,36 @@ class Report:
             setting = ", ".join(f"{axis} {number(value)}" for axis, value in run.setting)
             setting += " (incumbent)" if is_incumbent(self.study, run) else ""
             if record is None:
-                rows.append([self.labels[run.optimizer], setting, "pending", "", "", "", ""])
+                rows.append([self.labels[run.optimizer], setting, "pending", "", "", "", "", ""])
                 continue
             rows.append([self.labels[run.optimizer], setting, cell(selection_score(self.config, record)),
                          cell(best_loss(record), ".3f"), cell(record["epochs"][-1]["loss"], ".3f"),
-                         str(int(record["curve"][-1]["num_updates"])), cell(record["wall_seconds"], ".0f")])
+                         cell(mean_multiplier([record]), ".3f"), str(int(record["curve"][-1]["num_updates"])),
+                         cell(record["wall_seconds"], ".0f")])
         return (f"### Grid (seed {self.study.selection.seeds[0]})\n\n" + table(
-            ["optimizer", "setting", "selection BLEU", "best valid loss", "last-epoch train loss", "updates",
-             "wall (s)"], rows) + f"\nSelection BLEU: {self.selection_text()}. Losses as fairseq logs them (bits "
-                                  "per token).\n")
+            ["optimizer", "setting", "selection BLEU", "best valid loss", "last-epoch train loss", "mean lr multiplier",
+             "updates", "wall (s)"], rows)
+            + f"\nSelection BLEU: {self.selection_text()}. Losses as fairseq logs them (bits per token). Mean lr "
+              "multiplier: `sage_mult_mean` of the train logs averaged over the run (– without SAGE).\n"
+            + "".join(map(self.grid_pivot, self.result.grids)))
+
+    def grid_pivot(self, opt: str) -> str:
+        """The selection BLEU of a grid of two axes (incumbents included) as a table: the second axis down,
+        the first across; – where no run has that setting."""
+        axes = list(self.result.grids[opt])
+        if len(axes) != 2 or min(len(values) for values in self.result.grids[opt].values()) < 2:
+            return ""
+        across, down = axes
+        runs = {(dict(run.setting)[down], dict(run.setting)[across]): run
+                for run in self.result.grid if run.optimizer == opt}
+        columns = sorted({a for _, a in runs})
+
+        def score(run):
+            record = self.result.records.get(run)
+            return "–" if run is None else "pending" if record is None else cell(selection_score(self.config, record))
+        rows = [[f"{down} {number(d)}", *(score(runs.get((d, a))) for a in columns)] for d in sorted({d for d, _ in runs})]
+        return (f"\n{self.labels[opt]}'s selection BLEU, {down} × {across}:\n\n"
+                + table(["", *(f"{across} {number(a)}" for a in columns)], rows))
 
     def reproduction_section(self) -> str:
         """The runs that the earlier study of selection.reproduce recorded under the same name: its scores
@@ -343,21 +379,27 @@ class Report:
                 axes.legend(fontsize=7)
                 drawn.append(self.save(figure, folder, "sage_multiplier.png", "The lr multiplier over training (mean, "
                                        "10th and 90th percentile), best setting, first seed."))
-        if self.result.pair and all("pruning" in self.result.records[run] for run in self.result.pair.values()):
+        if self.complete and self.study.pruning and all(r.get("pruning") for r in self.final_records()):
             figure = Figure(figsize=(6, 4), layout="constrained")
             axes = figure.subplots()
-            for i, (opt, run) in enumerate(self.result.pair.items()):
+            levels = self.study.pruning.levels
+            for i, opt in enumerate(self.study.optimizers):
                 for j, name in enumerate(self.study.pruning.by):
-                    rows = [r for r in self.result.records[run]["pruning"] if criterion(r) == name]
-                    axes.plot([r["prune_percent"] for r in rows], [r["bleu"] for r in rows], marker="o", color=f"C{i}",
-                              linestyle=LINE_STYLES[j], label=f"{self.labels[opt]} seed {run.seed}"
-                              + (f", {name}" if len(self.study.pruning.by) > 1 else ""))
+                    values = [self.values_over_seeds(lambda record: pruned_bleu(record["pruning"], name, level))[opt]
+                              for level in levels]
+                    spread = [t_interval(list(v.values())) for v in values]
+                    mean = [s["mean"] for s in spread]
+                    half = [s["half_width"] or 0.0 for s in spread]
+                    axes.plot(levels, mean, marker="o", markersize=3, color=f"C{i}", linestyle=LINE_STYLES[j],
+                              label=self.labels[opt] + (f", {name}" if len(self.study.pruning.by) > 1 else ""))
+                    axes.fill_between(levels, [m - h for m, h in zip(mean, half)], [m + h for m, h in zip(mean, half)],
+                                      color=f"C{i}", alpha=0.15)
             pruned_first = " or ".join(PRUNED_FIRST[name] for name in self.study.pruning.by)
             axes.set_xlabel(f"% of non-embedding weights pruned ({pruned_first} first)")
             axes.set_ylabel(f"BLEU on {self.study.pruning.set}")
             axes.legend()
             drawn.append(self.save(figure, folder, "pruning.png", f"BLEU after zeroing the {pruned_first} non-embedding "
-                                   "weights of each optimizer's best seed."))
+                                   "weights: the mean over each best setting's seeds, shaded over its 95 % t-interval."))
         return drawn
 
     @staticmethod
