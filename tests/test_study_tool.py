@@ -258,21 +258,23 @@ def test_launchers_return_results_in_order_and_raise_a_failure(tmp_path):
         submitit.launch(divmod, [(1, 0)])
 
 
-def test_report_regenerates_docs_results_from_the_multi30k_records(tmp_path):
-    """docs/results.md is `fairseq-sage-study report studies/multi30k/converged.toml`: the same text (every
-    BLEU, chrF, interval, p-value, cost and grid number) from the committed records, here written elsewhere."""
-    config = (REPO / "studies" / "multi30k" / "converged.toml").read_text()
-    config = config.replace('records = "records/converged"', f'records = "{REPO}/studies/multi30k/records/converged"')
-    config = config.replace('path = "../../docs/results.md"', f'path = "{tmp_path}/results.md"')
-    (tmp_path / "converged.toml").write_text(config)
-    result = study_cli("report", tmp_path / "converged.toml", cwd=REPO)
+@pytest.mark.parametrize("study, page", [("converged", "results.md"), ("beta0_bracket", "multi30k_beta0_bracket.md")])
+def test_report_regenerates_the_multi30k_pages_from_their_records(tmp_path, study, page):
+    """docs/results.md is `fairseq-sage-study report studies/multi30k/converged.toml` (and the beta0 bracket's
+    page that of its configuration): the same text (every BLEU, chrF, interval, p-value, cost and grid number)
+    from the committed records, here written elsewhere."""
+    folder = tmp_path / "studies" / "multi30k"  # the repository's layout, its records linked
+    folder.mkdir(parents=True)
+    (folder / "records").symlink_to(REPO / "studies" / "multi30k" / "records")
+    (folder / f"{study}.toml").write_text((REPO / "studies" / "multi30k" / f"{study}.toml").read_text())
+    result = study_cli("report", f"studies/multi30k/{study}.toml", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    regenerated = (tmp_path / "results.md").read_text().replace(str(tmp_path / "converged.toml"),
-                                                                "studies/multi30k/converged.toml")
-    assert regenerated == (REPO / "docs" / "results.md").read_text()
-    assert "| Adam-SAGE | 1.2e-2 | 0.6 | 5 of 5 | 0.536 | 6.43e-03 | 3088 | 2671 |" in regenerated
-    for name in ("validation_curves.png", "sage_multiplier.png", "pruning.png"):
-        assert (tmp_path / "figures" / "multi30k" / "converged" / name).stat().st_size > 10_000
+    regenerated = (tmp_path / "docs" / page).read_text()
+    assert regenerated == (REPO / "docs" / page).read_text()
+    if study == "converged":
+        assert "| Adam-SAGE | 1.2e-2 | 0.6 | 5 of 5 | 0.536 | 6.43e-03 | 3088 | 2671 |" in regenerated
+        for name in ("validation_curves.png", "sage_multiplier.png", "pruning.png"):
+            assert (tmp_path / "docs" / "figures" / "multi30k" / "converged" / name).stat().st_size > 10_000
 
 
 def test_the_readme_quotes_the_converged_verdict_of_docs_results():
