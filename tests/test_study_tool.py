@@ -386,7 +386,9 @@ def test_report_sections_of_targets_prunability_and_sensitivity_from_records(tmp
         write_record(tmp_path / "records" / f"{name}.json.gz", {
             "curve": curve, "train": [], "epochs": [{"loss": 4.0}], "wall_seconds": 1.0,
             "scores": {"checkpoint_avg": {"test": {"bleu": 30.0, "chrf": 50.0}}}, "pruning": pruning,
-            "sensitivity_by_type": [{"type": "ffn", "log10_var": log10_var, "log10_iqr": 1.0, "zero_fraction": 0.0}],
+            "sensitivity_by_type": [{"type": "ffn", "log10_var": log10_var, "log10_iqr": 1.0, "zero_fraction": 0.0},
+                                    {"type": "attn", "log10_var": 0.5 if "sage" in name else 1.0, "log10_iqr": 1.0,
+                                     "zero_fraction": 0.0}],
             "zero_sensitivity": [{"type": "ffn", "cause": "dead_relu_unit", "weights": 10.0,
                                   "fraction_of_type": 0.25 * log10_var}]})
     report = Report(config, outcome(config))
@@ -416,6 +418,12 @@ def test_report_sections_of_targets_prunability_and_sensitivity_from_records(tmp
     # log10_iqr equal everywhere: a paired difference of 0 ± 0, not significant (no *)
     assert "| ffn | log10_iqr | 1.000 ± 0.000 | 1.000 ± 0.000 | 0.000 ± 0.000 |" in sensitivity
     assert "| ffn | dead_relu_unit | 0.3750 ± 1.5883 | 0.6250 ± 3.1766 | 0.2500 ± 1.5883 |" in sensitivity
+    # attn: log10_var 1.0 against 0.5 at both seeds, paired -0.5 ± 0: lower, significantly
+    assert ("- variance of log10 sensitivity, Adam-SAGE against Adam over 2 layer types: lower in 1 (significantly in "
+            "attn), higher in 1 (significantly in none).\n") in sensitivity
+    assert "- interquartile range of log10 sensitivity, Adam-SAGE against Adam over 2 layer types: lower in 0, higher in 0.\n" in sensitivity
+    assert ("- ffn weights of zero sensitivity (dead_relu_unit): Adam-SAGE − Adam = +25.00 ± 158.83 % of the layer "
+            "type's weights (95 % CI of the paired difference over 2 seeds), not significant.\n") in sensitivity
 
 
 def test_the_analysis_csvs_are_read_with_their_names_as_text(tmp_path):

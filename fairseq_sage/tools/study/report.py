@@ -66,6 +66,19 @@ def prunability_verdict(name: str, label: str, baseline: str, tolerance: float, 
             + ("significant" if significant(difference) else "not significant"))
 
 
+def zero_verdict(layer: str, cause: str, label: str, baseline: str, difference: dict) -> str:
+    """'ffn_fc1 weights of zero sensitivity (dead_relu_unit): Adam-SAGE − Adam = +3.00 ± 2.00 % of the
+    layer type's weights (95 % CI ...), significant: more under Adam-SAGE'."""
+    mean, half = difference["mean"] * 100, difference["half_width"]
+    claim = f"{layer} weights of zero sensitivity ({cause}): {label} − {baseline} = {mean:+.2f}"
+    if half is None:
+        return f"{claim} % of the layer type's weights on one seed: no interval, no verdict"
+    finding = (f"significant: {'more' if mean > 0 else 'fewer'} under {label}" if significant(difference)
+               else "not significant")
+    return (f"{claim} ± {half * 100:.2f} % of the layer type's weights (95 % CI of the paired difference over "
+            f"{difference['n']} seeds), {finding}")
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows]) + "\n"
@@ -196,6 +209,9 @@ class Report:
                 values = self.values_over_seeds(lambda record: next(
                     row[column] for row in record["sensitivity_by_type"] if row["type"] == layer))
                 rows.append([layer, column, *self.over_seeds(values, ".3f")])
+        layers = [row["type"] for row in records[0]["sensitivity_by_type"]]
+        verdicts = [self.spread_verdict(layers, column, name) for column, name in
+                    (("log10_var", "variance"), ("log10_iqr", "interquartile range"))]
         text = table(self.over_seeds_header("layer type", "statistic"), rows)
         if all("zero_sensitivity" in r for r in records):
             causes = sorted({(row["type"], row["cause"]) for r in records for row in r["zero_sensitivity"]})
@@ -204,11 +220,33 @@ class Report:
                 values = self.values_over_seeds(lambda record: sum(
                     row["fraction_of_type"] for row in record["zero_sensitivity"] if (row["type"], row["cause"]) == (layer, cause)))
                 zero_rows.append([layer, cause, *self.over_seeds(values, ".4f")])
+                if any(v for by_seed in values.values() for v in by_seed.values()):
+                    verdicts += [zero_verdict(layer, cause, self.labels[opt], self.labels[self.baseline],
+                                              paired_difference(values[self.baseline], values[opt]))
+                                 for opt in self.others]
             text += ("\nWeights of zero sensitivity by cause, as a fraction of their layer type:\n\n"
                      + table(self.over_seeds_header("layer type", "cause"), zero_rows))
         return ("### Sensitivity distribution\n\nPer layer type, the variance and interquartile range of log10 "
                 "sensitivity |θ·g| and the fraction of weights of zero sensitivity; mean ± half-width over seeds, the "
-                "difference paired (* significant).\n\n" + text)
+                "difference paired (* significant).\n\n" + "".join(f"- {line}.\n" for line in verdicts) + "\n" + text)
+
+    def spread_verdict(self, layers: List[str], column: str, name: str) -> str:
+        """'variance of log10 sensitivity, Adam-SAGE against Adam over 9 layer types: lower in 5 (significantly
+        in ffn_fc1), higher in 4 (significantly in none)'."""
+        parts = []
+        for opt in self.others:
+            differences = {layer: paired_difference(*(self.values_over_seeds(lambda record: next(
+                row[column] for row in record["sensitivity_by_type"] if row["type"] == layer))[o]
+                for o in (self.baseline, opt))) for layer in layers}
+            counts = []
+            for direction, chosen in (("lower", lambda d: d["mean"] < 0), ("higher", lambda d: d["mean"] > 0)):
+                found = [layer for layer, d in differences.items() if chosen(d)]
+                strong = [layer for layer in found if significant(differences[layer])]
+                counts.append(f"{direction} in {len(found)}" + (f" (significantly in {', '.join(strong) or 'none'})"
+                                                                 if found else ""))
+            parts.append(f"{name} of log10 sensitivity, {self.labels[opt]} against {self.labels[self.baseline]} "
+                         f"over {len(layers)} layer types: " + ", ".join(counts))
+        return "; ".join(parts)
 
     def cost(self, opt: str) -> Dict[str, Optional[float]]:
         records = [self.result.records[run] for run in self.seeds(opt) if run in self.result.records]
