@@ -232,7 +232,7 @@ def test_progress_counts_a_resumed_runs_updates_and_only_those_trained_since_for
     the ETA's rate counts only updates trained since ``run`` started."""
     progress = Progress(StudyConfig(write_study(tmp_path, tmp_path)))
     progress.runs = {"adam-lr=3e-3-seed=1": 24}
-    log = tmp_path / "work" / "runs" / "adam-lr=3e-3-seed=1" / "train.jsonl"
+    log = tmp_path / "work" / "runs" / "adam-lr=3e-3-seed=1" / "logs" / "train.out"
     log.parent.mkdir(parents=True)
     first = ['{"epoch": 1, "update": 0.9, "loss": "6.8", "num_updates": "10"}',
              '{"epoch": 1, "train_loss": "6.6", "train_num_updates": "12"}']

@@ -40,9 +40,19 @@ def write_record(path: Path, record: dict) -> None:
     write_atomic(path, gzip.compress(data, mtime=0))
 
 
+def log_path(run_dir: Path, name: str) -> Path:
+    return run_dir / "logs" / f"{name}.out"
+
+
+def train_log(run_dir: Path) -> Path:
+    """fairseq-train's output, every process's appended: its ``--log-format json`` lines are the run's
+    log (fairseq's own ``--log-file`` would repeat each line once more at every epoch)."""
+    return log_path(run_dir, "train")
+
+
 def command(run_dir: Path, name: str, argv: List[str], env: Optional[dict] = None) -> None:
     """Run ``argv`` with its output in run_dir/logs/NAME.out; a failure raises :class:`StepError`."""
-    log = run_dir / "logs" / f"{name}.out"
+    log = log_path(run_dir, name)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as out:
         status = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -114,11 +124,10 @@ class RunSteps:
         argv = [sys.executable, "-m", "fairseq_cli.train", str(self.config.data_bin), "--user-dir", str(USER_DIR),
                 "--source-lang", data.source_lang, "--target-lang", data.target_lang, *self.study.train.flags,
                 *optimizer.flags, *self.run.flags(), "--max-update", str(self.max_update), *keep,
-                "--save-dir", str(self.save_dir), "--log-format", "json", "--log-file", str(self.dir / "train.jsonl"),
-                "--no-progress-bar"]
+                "--save-dir", str(self.save_dir), "--log-format", "json", "--no-progress-bar"]
         begin = time.time()
         command(self.dir, "train", argv)
-        log = parse_json_log((self.dir / "train.jsonl").read_text().splitlines())
+        log = parse_json_log(train_log(self.dir).read_text(errors="replace").splitlines())
         result = {**log, "wall_seconds": kept + time.time() - begin}
         write_atomic(done, json.dumps(result) + "\n")
         started.unlink()

@@ -17,7 +17,7 @@ from .config import ConfigError, StudyConfig
 from .plan import (Run, budget_from_curve, budget_run, final_runs, grid_runs, initial_grids, select, seed_runs,
                    widen)
 from .stats import paired_bootstrap
-from .steps import complete_run, parse_json_log, read_record
+from .steps import complete_run, parse_json_log, read_record, train_log
 
 BUDGET_RECORD = "budget.json.gz"
 PAIRED_FILE = "paired_bootstrap.json"
@@ -140,8 +140,9 @@ class Progress:
         (a resumed process first writes its configuration, and then redoes what followed its checkpoint)."""
         if (self.config.records / f"{name}.json.gz").is_file():
             return self.runs[name]
-        log = self.config.workdir / "runs" / name / "train.jsonl"
-        lines = [line for line in log.read_text().splitlines() if 'num_updates"' in line] if log.is_file() else []
+        log = train_log(self.config.workdir / "runs" / name)
+        text = log.read_text(errors="replace") if log.is_file() else ""
+        lines = [line for line in text.splitlines() if 'num_updates"' in line]
         return int(max((row["num_updates"] for rows in parse_json_log(lines).values() for row in rows), default=0))
 
     def table(self, eta: bool = True) -> str:
