@@ -203,15 +203,13 @@ class Report:
         if not records or not all(r.get("sensitivity_by_type") and "log10_var" in r["sensitivity_by_type"][0]
                                   for r in records):
             return ""
-        rows = []
-        for layer in (row["type"] for row in records[0]["sensitivity_by_type"]):
-            for column in ("log10_var", "log10_iqr", "zero_fraction"):
-                values = self.values_over_seeds(lambda record: next(
-                    row[column] for row in record["sensitivity_by_type"] if row["type"] == layer))
-                rows.append([layer, column, *self.over_seeds(values, ".3f")])
         layers = [row["type"] for row in records[0]["sensitivity_by_type"]]
-        verdicts = [self.spread_verdict(layers, column, name) for column, name in
-                    (("log10_var", "variance"), ("log10_iqr", "interquartile range"))]
+        statistics_by = {(layer, column): self.values_over_seeds(lambda record: next(
+            row[column] for row in record["sensitivity_by_type"] if row["type"] == layer))
+            for layer in layers for column in ("log10_var", "log10_iqr", "zero_fraction")}
+        rows = [[layer, column, *self.over_seeds(values, ".3f")] for (layer, column), values in statistics_by.items()]
+        verdicts = [self.spread_verdict({layer: statistics_by[layer, column] for layer in layers}, name)
+                    for column, name in (("log10_var", "variance"), ("log10_iqr", "interquartile range"))]
         text = table(self.over_seeds_header("layer type", "statistic"), rows)
         if all("zero_sensitivity" in r for r in records):
             causes = sorted({(row["type"], row["cause"]) for r in records for row in r["zero_sensitivity"]})
@@ -230,14 +228,13 @@ class Report:
                 "sensitivity |θ·g| and the fraction of weights of zero sensitivity; mean ± half-width over seeds, the "
                 "difference paired (* significant).\n\n" + "".join(f"- {line}.\n" for line in verdicts) + "\n" + text)
 
-    def spread_verdict(self, layers: List[str], column: str, name: str) -> str:
+    def spread_verdict(self, by_layer: Dict[str, Dict[str, Dict[int, float]]], name: str) -> str:
         """'variance of log10 sensitivity, Adam-SAGE against Adam over 9 layer types: lower in 5 (significantly
-        in ffn_fc1), higher in 4 (significantly in none)'."""
+        in ffn_fc1), higher in 4 (significantly in none)', from ``by_layer``: {layer type: that statistic's
+        values over seeds}."""
         parts = []
         for opt in self.others:
-            differences = {layer: paired_difference(*(self.values_over_seeds(lambda record: next(
-                row[column] for row in record["sensitivity_by_type"] if row["type"] == layer))[o]
-                for o in (self.baseline, opt))) for layer in layers}
+            differences = {layer: paired_difference(values[self.baseline], values[opt]) for layer, values in by_layer.items()}
             counts = []
             for direction, chosen in (("lower", lambda d: d["mean"] < 0), ("higher", lambda d: d["mean"] > 0)):
                 found = [layer for layer, d in differences.items() if chosen(d)]
@@ -245,7 +242,7 @@ class Report:
                 counts.append(f"{direction} in {len(found)}" + (f" (significantly in {', '.join(strong) or 'none'})"
                                                                  if found else ""))
             parts.append(f"{name} of log10 sensitivity, {self.labels[opt]} against {self.labels[self.baseline]} "
-                         f"over {len(layers)} layer types: " + ", ".join(counts))
+                         f"over {len(by_layer)} layer types: " + ", ".join(counts))
         return "; ".join(parts)
 
     def cost(self, opt: str) -> Dict[str, Optional[float]]:
