@@ -119,8 +119,7 @@ def _child(argv: Sequence[str], env: dict, cwd: str, stdio: Sequence[int], execu
         os.dup2(fd, target)
         os.close(fd)
     sys.stdin = open(0, closefd=False)  # multiprocessing's bootstrap put /dev/null there
-    unbuffered = argv[0] == "-u"
-    argv = argv[1:] if unbuffered else argv
+    unbuffered, argv = protocol.split_unbuffered(list(argv))
     if unbuffered or env.get("PYTHONUNBUFFERED"):
         sys.stdout.reconfigure(write_through=True)
     os.chdir(cwd)

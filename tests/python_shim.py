@@ -30,10 +30,15 @@ def receive(connection: socket.socket, size: int) -> bytes:
     return data
 
 
+def split_unbuffered(argv):
+    """(whether ``argv`` starts with ``-u``, the rest of it): torch.distributed.run starts its workers so."""
+    return (True, argv[1:]) if argv[:1] == ["-u"] else (False, argv)
+
+
 def forkable(argv) -> bool:
     """Whether the worker can run ``python ARGV``: ``-m MODULE ...``, ``-c CODE ...`` or ``SCRIPT ...``,
-    each also after ``-u`` (as torch.distributed.run starts its workers)."""
-    argv = argv[1:] if argv[:1] == ["-u"] else argv
+    each also after ``-u``."""
+    _, argv = split_unbuffered(argv)
     return bool(argv) and (argv[0] in ("-m", "-c") and len(argv) > 1 or not argv[0].startswith("-"))
 
 
