@@ -17,6 +17,7 @@ import pytest
 
 from conftest import REPO, TINY_TRANSFORMER
 from forked_cli import python_shim
+from fairseq_sage.tools.entry_points import reader_may_close
 from fairseq_sage.tools.study import cli
 from fairseq_sage.tools.study.config import StudyConfig
 from fairseq_sage.tools.study.launch import LocalLauncher, SubmititLauncher
@@ -340,6 +341,24 @@ def test_plan_counts_the_runs_left_and_their_time_at_the_measured_speed(tmp_path
                              "run, 2 at once) measured in its 2 recorded runs.")
     assert lines[1:] == ["  recorded  adam-lr=3e-3-seed=1", "  recorded  adam-lr=1e-2-seed=1",
                          "  to run    adam_sage-lr=1e-2-seed=1"]
+
+
+def test_plan_into_a_pipe_its_reader_closed_exits_without_a_traceback(tmp_path):
+    config = write_study(tmp_path, tmp_path)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader (``| head``) has gone before the first write
+    with os.fdopen(write_end, "wb") as stdout:
+        plan = subprocess.run([sys.executable, "-m", "fairseq_sage.tools.study", "plan", str(config)], stdout=stdout,
+                              stderr=subprocess.PIPE, text=True, env=STUDY_ENV, cwd=tmp_path)
+    assert (plan.returncode, plan.stderr) == (1, "")
+
+
+def test_a_broken_pipe_other_than_stdout_is_still_raised(capfd):
+    def entry():
+        raise BrokenPipeError("a child's stdin")  # stdout (a file under capfd) is still read
+
+    with pytest.raises(BrokenPipeError, match="a child's stdin"):
+        reader_may_close(entry)()
 
 
 def test_a_second_run_of_the_same_study_is_refused_while_one_runs(tmp_path, capsys):
