@@ -430,7 +430,7 @@ class Report:
                     axes.fill_between(levels, [m - h for m, h in zip(mean, half)], [m + h for m, h in zip(mean, half)],
                                       color=f"C{i}", alpha=0.15)
             pruned_first = " or ".join(PRUNED_FIRST[name] for name in self.study.pruning.by)
-            axes.set_xlabel(f"% of non-embedding weights pruned ({pruned_first} first)")
+            axes.set_xlabel("% of non-embedding weights pruned")  # by what: the legend and the caption
             axes.set_ylabel(f"BLEU on {self.study.pruning.set}")
             axes.legend()
             drawn.append(self.save(figure, folder, "pruning.png", f"BLEU after zeroing the {pruned_first} non-embedding "
