@@ -42,8 +42,6 @@ def reader_gone(fd: int) -> bool:
     poller.register(fd, select.POLLOUT)
     return any(events & select.POLLERR for _, events in poller.poll(0))
 
-    return tolerant
-
 
 @reader_may_close
 def analyze() -> None:
